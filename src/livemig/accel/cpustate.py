@@ -1,0 +1,122 @@
+"""x86 vCPU state in a form neither accelerator owns.
+
+This is what crosses the migration wire, so a guest saved by the ``kvm``
+backend can be loaded by ``tcg`` and the other way round. Segment registers
+carry their hidden descriptor part in KVM's field layout (base, limit, type
+and flag bits), which is the fullest description either backend can give.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import AccelError
+
+GPR_NAMES = (
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+)
+SEGMENT_NAMES = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
+CR0_PE = 1 << 0
+CR0_RESET = 0x60000010  # CD | NW | ET, the value after power-on
+RFLAGS_RESET = 0x2
+
+
+@dataclass
+class Segment:
+    selector: int = 0
+    base: int = 0
+    limit: int = 0xFFFF
+    type: int = 3
+    present: int = 1
+    dpl: int = 0
+    db: int = 0
+    s: int = 1
+    l: int = 0  # noqa: E741  (the kernel's name for the long-mode bit)
+    g: int = 0
+    avl: int = 0
+    unusable: int = 0
+
+    @classmethod
+    def real_mode(cls, selector: int, code: bool = False) -> Segment:
+        """A segment as real mode sees it: base = selector * 16, 64 KiB."""
+        return cls(selector=selector, base=selector << 4, limit=0xFFFF, type=0xB if code else 3)
+
+    @classmethod
+    def from_descriptor(cls, selector: int, raw: int) -> Segment:
+        """Decode an 8-byte GDT/LDT descriptor (Intel SDM vol. 3, 3.4.5)."""
+        limit = (raw & 0xFFFF) | ((raw >> 32) & 0xF0000)
+        base = ((raw >> 16) & 0xFFFFFF) | ((raw >> 32) & 0xFF000000)
+        access = (raw >> 40) & 0xFF
+        flags = (raw >> 52) & 0xF
+        granular = flags >> 3 & 1
+        if granular:
+            limit = (limit << 12) | 0xFFF
+        return cls(
+            selector=selector, base=base, limit=limit, type=access & 0xF,
+            present=access >> 7 & 1, dpl=access >> 5 & 3, s=access >> 4 & 1,
+            db=flags >> 2 & 1, l=flags >> 1 & 1, g=granular, avl=flags & 1,
+        )
+
+
+def _boot_segments() -> dict[str, Segment]:
+    segments = {name: Segment.real_mode(0) for name in SEGMENT_NAMES}
+    segments["cs"] = Segment.real_mode(0, code=True)
+    segments["tr"] = Segment(type=0xB, s=0)      # busy 32-bit TSS, as at reset
+    segments["ldt"] = Segment(type=0x2, s=0)     # LDT
+    return segments
+
+
+@dataclass
+class CpuState:
+    """Everything of one x86 vCPU that a migration must carry."""
+
+    gprs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GPR_NAMES, 0))
+    rip: int = 0
+    rflags: int = RFLAGS_RESET
+    segments: dict[str, Segment] = field(default_factory=_boot_segments)
+    gdt: tuple[int, int] = (0, 0xFFFF)   # (base, limit)
+    idt: tuple[int, int] = (0, 0xFFFF)
+    cr0: int = CR0_RESET
+    cr2: int = 0
+    cr3: int = 0
+    cr4: int = 0
+    efer: int = 0
+    halted: bool = False
+
+    @classmethod
+    def boot(cls, rip: int = 0x7C00, dl: int = 0x80) -> CpuState:
+        """Real mode at 0000:rip with DL set to the boot drive, as a BIOS leaves it."""
+        state = cls(rip=rip)
+        state.gprs["rdx"] = dl
+        state.gprs["rsp"] = 0x7C00
+        return state
+
+    @property
+    def protected(self) -> bool:
+        return bool(self.cr0 & CR0_PE)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["gdt"] = list(self.gdt)
+        data["idt"] = list(self.idt)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CpuState:
+        """Inverse of :meth:`to_dict`; raises AccelError on anything malformed."""
+        try:
+            gprs = {name: int(data["gprs"][name]) & (2**64 - 1) for name in GPR_NAMES}
+            segments = {name: Segment(**{k: int(v) for k, v in data["segments"][name].items()})
+                        for name in SEGMENT_NAMES}
+            gdt_base, gdt_limit = (int(v) for v in data["gdt"])
+            idt_base, idt_limit = (int(v) for v in data["idt"])
+            return cls(
+                gprs=gprs, rip=int(data["rip"]), rflags=int(data["rflags"]),
+                segments=segments, gdt=(gdt_base, gdt_limit), idt=(idt_base, idt_limit),
+                cr0=int(data["cr0"]), cr2=int(data["cr2"]), cr3=int(data["cr3"]),
+                cr4=int(data["cr4"]), efer=int(data["efer"]), halted=bool(data["halted"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise AccelError(f"malformed vCPU state: {err}") from err

@@ -1,0 +1,157 @@
+"""The ``kvm`` accelerator: hardware virtualisation through /dev/kvm.
+
+A vCPU runs ``KVM_RUN`` on its own thread (the ioctl releases the GIL). To
+stop it from another thread we set ``kvm_run.immediate_exit`` and send the
+vCPU thread ``KICK_SIGNAL``; the ioctl then returns EINTR. The signal's
+Python handler does nothing; it only has to exist so that the signal
+interrupts the system call instead of killing the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import threading
+
+from ..devices import IoBus
+from ..errors import AccelError, KvmError
+from ..kvm import (
+    FailedExit,
+    HltExit,
+    InterruptedExit,
+    IoExit,
+    KvmSystem,
+    KvmVcpu,
+    KvmVm,
+    MmioExit,
+    ShutdownExit,
+)
+from ..kvm import abi
+from ..memory import GuestRam
+from .base import Crashed, Halted, Kicked, RunResult, TripleFault
+from .cpustate import GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
+
+KICK_SIGNAL = signal.SIGUSR1
+RAM_SLOT = 0
+
+
+def install_kick_handler() -> None:
+    """Install the no-op handler for KICK_SIGNAL (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(KICK_SIGNAL, lambda _signum, _frame: None)
+
+
+class KvmAccelerator:
+    """One vCPU of one KVM VM, with guest RAM as memory slot 0."""
+
+    name = "kvm"
+
+    def __init__(self, ram: GuestRam, bus: IoBus) -> None:
+        self._ram = ram
+        self._bus = bus
+        try:
+            self.system = KvmSystem()
+            self.vm: KvmVm = self.system.create_vm()
+            self.vm.set_memory_region(RAM_SLOT, 0, ram.size, ram.address, log_dirty=False)
+            self.vcpu: KvmVcpu = self.vm.create_vcpu(0)
+        except KvmError as err:
+            raise AccelError(f"kvm: {err}") from err
+        install_kick_handler()
+        self._thread_id: int | None = None
+        self._kick_lock = threading.Lock()
+        self.set_state(CpuState.boot())
+
+    # --- running ---------------------------------------------------------------
+    def arm(self) -> None:
+        with self._kick_lock:
+            self._thread_id = threading.get_ident()
+            self.vcpu.run_struct.immediate_exit = 0
+
+    def kick(self) -> None:
+        with self._kick_lock:
+            self.vcpu.run_struct.immediate_exit = 1
+            if self._thread_id is not None:
+                try:
+                    signal.pthread_kill(self._thread_id, KICK_SIGNAL)
+                except ProcessLookupError:
+                    pass  # the vCPU thread has already ended
+
+    def run(self) -> RunResult:
+        while True:
+            try:
+                result = self.vcpu.run()
+            except KvmError as err:
+                return Crashed(f"kvm: {err}")
+            match result:
+                case IoExit():
+                    self._port_io(result)
+                case MmioExit():
+                    self._unassigned_mmio(result)
+                case InterruptedExit():
+                    return Kicked()
+                case HltExit():
+                    return Halted()
+                case ShutdownExit():
+                    return TripleFault()
+                case FailedExit(reason=reason):
+                    return Crashed(f"kvm: exit {reason}")
+
+    def _port_io(self, exit_: IoExit) -> None:
+        page = self.vcpu.run_page
+        size = exit_.size
+        for i in range(exit_.count):  # count > 1 only for string I/O (rep ins/outs)
+            at = exit_.data_offset + i * size
+            if exit_.is_write:
+                value = int.from_bytes(page[at:at + size], "little")
+                self._bus.write(exit_.port, size, value)
+            else:
+                page[at:at + size] = self._bus.read(exit_.port, size).to_bytes(size, "little")
+
+    def _unassigned_mmio(self, exit_: MmioExit) -> None:
+        if not exit_.is_write:
+            mmio = self.vcpu.run_struct.exit.mmio
+            for i in range(exit_.length):
+                mmio.data[i] = 0xFF
+
+    # --- state -----------------------------------------------------------------
+    def get_state(self) -> CpuState:
+        regs = self.vcpu.get_regs()
+        sregs = self.vcpu.get_sregs()
+        state = CpuState()
+        state.gprs = {name: getattr(regs, name) for name in GPR_NAMES}
+        state.rip, state.rflags = regs.rip, regs.rflags
+        for name in SEGMENT_NAMES:
+            seg = getattr(sregs, name)
+            state.segments[name] = Segment(**{
+                field: getattr(seg, field) for field in Segment.__dataclass_fields__
+            })
+        state.gdt = (sregs.gdt.base, sregs.gdt.limit)
+        state.idt = (sregs.idt.base, sregs.idt.limit)
+        state.cr0, state.cr2, state.cr3 = sregs.cr0, sregs.cr2, sregs.cr3
+        state.cr4, state.efer = sregs.cr4, sregs.efer
+        return state
+
+    def set_state(self, state: CpuState) -> None:
+        try:
+            sregs = self.vcpu.get_sregs()
+            for name in SEGMENT_NAMES:
+                seg: abi.KvmSegment = getattr(sregs, name)
+                for field, value in vars(state.segments[name]).items():
+                    setattr(seg, field, value)
+            sregs.gdt.base, sregs.gdt.limit = state.gdt
+            sregs.idt.base, sregs.idt.limit = state.idt
+            sregs.cr0, sregs.cr2, sregs.cr3 = state.cr0, state.cr2, state.cr3
+            sregs.cr4, sregs.efer = state.cr4, state.efer
+            self.vcpu.set_sregs(sregs)
+            regs = abi.KvmRegs(**state.gprs, rip=state.rip, rflags=state.rflags)
+            self.vcpu.set_regs(regs)
+        except (KvmError, ctypes.ArgumentError, TypeError) as err:
+            raise AccelError(f"kvm: could not load vCPU state: {err}") from err
+
+    def code_changed(self, address: int, length: int) -> None:
+        """Hardware fetches straight from guest RAM: nothing is cached."""
+
+    def close(self) -> None:
+        self.vcpu.close()
+        self.vm.close()
+        self.system.close()

@@ -1,0 +1,294 @@
+"""Parse the QEMU-compatible command line into a :class:`SystemOptions`.
+
+Only the subset livemig implements is accepted; anything else is refused
+with one line that names the option, as QEMU does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..chardev.spec import options_from_words, parse_bool, split_options
+from ..errors import ConfigError
+from ..machine import DEFAULT_RAM, DebugExitConfig
+from .sizes import parse_size
+
+# Options that take an argument, and those that do not.
+WITH_ARG = {
+    "machine", "M", "accel", "m", "smp", "name", "serial", "drive", "hda", "display",
+    "qmp", "chardev", "mon", "monitor", "qtest", "qtest-log", "incoming", "pidfile",
+    "device", "vga", "cpu",
+}
+FLAGS = {"S", "nodefaults", "enable-kvm", "daemonize", "nographic", "no-reboot",
+         "no-shutdown", "version", "help", "h"}
+
+MACHINE_TYPES = ("pc", "q35", "pc-i440fx", "pc-q35")
+ACCELERATORS = ("kvm", "tcg", "qtest")
+CPU_MODELS = ("qemu64", "qemu32", "host", "max", "base")
+MAX_RAM = 1 << 40
+
+
+@dataclass
+class DriveOption:
+    path: str
+    boot: bool
+
+
+@dataclass
+class SystemOptions:
+    ram_size: int = DEFAULT_RAM
+    machine_accel: list[str] | None = None
+    accel_options: list[str] = field(default_factory=list)
+    name: str | None = None
+    serial: list[str] = field(default_factory=list)
+    drives: list[DriveOption] = field(default_factory=list)
+    chardevs: list[dict[str, str]] = field(default_factory=list)
+    monitors: list[str] = field(default_factory=list)         # chardev ids (QMP)
+    qmp: list[str] = field(default_factory=list)              # short chardev specs
+    qtest: str | None = None
+    qtest_log: str | None = None
+    incoming: str | None = None
+    pidfile: str | None = None
+    daemonize: bool = False
+    start_paused: bool = False
+    nodefaults: bool = False
+    no_reboot: bool = False
+    debug_exit: DebugExitConfig | None = None
+    show_version: bool = False
+    show_help: bool = False
+
+    @property
+    def accelerators(self) -> list[str]:
+        """QEMU's rule: -accel/-enable-kvm if given, else -machine accel=, else tcg."""
+        if self.accel_options:
+            return self.accel_options
+        if self.machine_accel:
+            return self.machine_accel
+        return ["tcg"]
+
+
+def _opts(text: str, implied: str | None, option: str) -> dict[str, str]:
+    words = split_options(text)
+    opts: dict[str, str] = {}
+    if implied is not None and words and words[0] and "=" not in words[0]:
+        opts[implied] = words.pop(0)
+    opts.update(options_from_words(words))
+    return opts
+
+
+def _reject_unknown(opts: dict[str, str], allowed: set[str], option: str) -> None:
+    for key in opts:
+        if key not in allowed:
+            raise ConfigError(f"-{option}: Invalid parameter '{key}'")
+
+
+def _accel_list(text: str, option: str) -> list[str]:
+    names = [n for n in text.split(":") if n]
+    for name in names:
+        if name not in ACCELERATORS:
+            raise ConfigError(f"-{option}: invalid accelerator {name}")
+    if not names:
+        raise ConfigError(f"-{option}: no accelerator given")
+    return names
+
+
+def _machine(o: SystemOptions, text: str) -> None:
+    opts = _opts(text, "type", "machine")
+    _reject_unknown(opts, {"type", "accel", "kernel-irqchip", "usb", "graphics", "vmport",
+                           "dump-guest-core", "mem-merge"}, "machine")
+    mtype = opts.get("type")
+    if mtype is not None and not mtype.startswith(MACHINE_TYPES):
+        raise ConfigError(f"-machine {text}: unsupported machine type '{mtype}' "
+                          "(livemig provides one PC-like machine: use pc or q35)")
+    if "accel" in opts:
+        o.machine_accel = _accel_list(opts["accel"], "machine")
+
+
+def _memory(o: SystemOptions, text: str) -> None:
+    opts = _opts(text, "size", "m")
+    _reject_unknown(opts, {"size", "slots", "maxmem"}, "m")
+    try:
+        size = parse_size(opts.get("size", ""), default_unit=1 << 20)
+    except ConfigError as err:
+        raise ConfigError(f"-m {text}: {err}") from err
+    if size <= 0:
+        raise ConfigError(f"-m {text}: RAM size must be greater than zero")
+    if size > MAX_RAM:
+        raise ConfigError(f"-m {text}: at most {MAX_RAM >> 30} GiB of RAM is supported")
+    o.ram_size = (size + 8191) // 8192 * 8192  # QEMU rounds RAM up to 8 KiB
+
+
+def _smp(o: SystemOptions, text: str) -> None:
+    opts = _opts(text, "cpus", "smp")
+    _reject_unknown(opts, {"cpus", "maxcpus", "sockets", "cores", "threads", "dies"}, "smp")
+    for key, value in opts.items():
+        if value != "1":
+            raise ConfigError(f"-smp {text}: livemig supports exactly one vCPU ({key}={value})")
+
+
+def _name(o: SystemOptions, text: str) -> None:
+    opts = _opts(text, "guest", "name")
+    _reject_unknown(opts, {"guest", "debug-threads", "process"}, "name")
+    if "debug-threads" in opts:
+        parse_bool("debug-threads", opts["debug-threads"])
+    o.name = opts.get("guest")
+
+
+def _drive(o: SystemOptions, text: str) -> None:
+    opts = _opts(text, None, "drive")
+    _reject_unknown(opts, {"file", "format", "if", "index", "media", "snapshot", "readonly",
+                           "cache", "id", "bus", "unit"}, "drive")
+    if "file" not in opts:
+        raise ConfigError(f"-drive {text}: a drive needs file=PATH")
+    fmt = opts.get("format", "raw")
+    if fmt != "raw":
+        raise ConfigError(f"-drive {text}: only format=raw is supported")
+    o.drives.append(DriveOption(opts["file"], boot=opts.get("if", "ide") != "none"))
+
+
+def _device(o: SystemOptions, text: str) -> None:
+    opts = _opts(text, "driver", "device")
+    driver = opts.get("driver", "")
+    if driver != "isa-debug-exit":
+        raise ConfigError(f"-device {text}: '{driver}' is not a valid device model name "
+                          "(livemig provides isa-debug-exit)")
+    _reject_unknown(opts, {"driver", "iobase", "iosize", "id"}, "device")
+    try:
+        o.debug_exit = DebugExitConfig(int(opts.get("iobase", "0x501"), 0),
+                                       int(opts.get("iosize", "0x02"), 0))
+    except ValueError as err:
+        raise ConfigError(f"-device {text}: bad iobase/iosize") from err
+    if not (0 <= o.debug_exit.iobase <= 0xFFFF and o.debug_exit.iosize in (1, 2, 4)):
+        raise ConfigError(f"-device {text}: iobase must be a port and iosize 1, 2 or 4")
+
+
+def _mon(o: SystemOptions, text: str) -> None:
+    opts = _opts(text, "chardev", "mon")
+    _reject_unknown(opts, {"chardev", "mode", "pretty", "id"}, "mon")
+    if opts.get("mode", "readline") != "control":
+        raise ConfigError(f"-mon {text}: only mode=control (QMP) is supported")
+    if "chardev" not in opts:
+        raise ConfigError(f"-mon {text}: chardev=ID is required")
+    o.monitors.append(opts["chardev"])
+
+
+def parse(argv: list[str]) -> SystemOptions:
+    o = SystemOptions()
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if not word.startswith("-") or word == "-":
+            raise ConfigError(f"{word}: a drive image is given as -drive file={word},format=raw")
+        name = word[2:] if word.startswith("--") else word[1:]
+        i += 1
+        if name in FLAGS:
+            _flag(o, name)
+            continue
+        if name not in WITH_ARG:
+            raise ConfigError(f"-{name}: invalid option")
+        if i >= len(argv):
+            raise ConfigError(f"-{name}: requires an argument")
+        value = argv[i]
+        i += 1
+        _with_arg(o, name, value)
+    _check(o)
+    return o
+
+
+def _flag(o: SystemOptions, name: str) -> None:
+    if name == "S":
+        o.start_paused = True
+    elif name == "nodefaults":
+        o.nodefaults = True
+    elif name == "enable-kvm":
+        o.accel_options.append("kvm")
+    elif name == "daemonize":
+        o.daemonize = True
+    elif name == "no-reboot":
+        o.no_reboot = True
+    elif name == "version":
+        o.show_version = True
+    elif name in ("help", "h"):
+        o.show_help = True
+
+
+def _with_arg(o: SystemOptions, name: str, value: str) -> None:
+    if name in ("machine", "M"):
+        _machine(o, value)
+    elif name == "accel":
+        opts = _opts(value, "accel", "accel")
+        _reject_unknown(opts, {"accel", "thread", "tb-size", "kernel-irqchip"}, "accel")
+        o.accel_options.extend(_accel_list(opts.get("accel", ""), "accel"))
+    elif name == "m":
+        _memory(o, value)
+    elif name == "smp":
+        _smp(o, value)
+    elif name == "name":
+        _name(o, value)
+    elif name == "serial":
+        o.serial.append(value)
+    elif name == "drive":
+        _drive(o, value)
+    elif name == "hda":
+        o.drives.append(DriveOption(value, boot=True))
+    elif name == "chardev":
+        from ..chardev import options_from_chardev_arg
+        o.chardevs.append(options_from_chardev_arg(value))
+    elif name == "mon":
+        _mon(o, value)
+    elif name == "qmp":
+        o.qmp.append(value)
+    elif name == "qtest":
+        o.qtest = value
+    elif name == "qtest-log":
+        o.qtest_log = value
+    elif name == "incoming":
+        o.incoming = value
+    elif name == "pidfile":
+        o.pidfile = value
+    elif name == "device":
+        _device(o, value)
+    elif name == "cpu":
+        if value.split(",")[0] not in CPU_MODELS:
+            raise ConfigError(f"-cpu {value}: unknown CPU model (livemig knows "
+                              f"{', '.join(CPU_MODELS)})")
+    elif name == "monitor":
+        if value != "none":
+            raise ConfigError(f"-monitor {value}: use -qmp or -mon mode=control")
+    elif name in ("display", "vga"):
+        if value.split(",")[0] not in ("none", "std", "default"):
+            raise ConfigError(f"-{name} {value}: livemig has no display (use -{name} none)")
+
+
+def _check(o: SystemOptions) -> None:
+    if len([s for s in o.serial if s != "none"]) > 1:
+        raise ConfigError("-serial: livemig has one serial port (COM1)")
+    if o.pidfile is not None and os.path.isdir(o.pidfile):
+        raise ConfigError(f"-pidfile {o.pidfile}: is a directory")
+
+
+USAGE = """\
+usage: livemig-system-x86_64 [options]
+
+A QEMU-compatible virtual machine monitor (one x86 vCPU, no BIOS: the first
+512 bytes of the boot drive are loaded at 0x7c00 and run in real mode).
+
+  -machine [type=]pc,accel=A[:B…]   accelerators to try in order (kvm, tcg, qtest)
+  -accel NAME | -enable-kvm          choose the accelerator (default tcg)
+  -m SIZE                            guest RAM (default 128M; suffixes K M G T)
+  -smp 1                             one vCPU
+  -name NAME[,debug-threads=on]      the guest's name (query-name)
+  -drive file=PATH,format=raw        boot disk (512-byte boot sector, 0x55AA)
+  -serial file:PATH|stdio|null|none|chardev:ID|unix:…|tcp:…
+  -chardev socket|file|null|stdio,id=ID,…
+  -qmp unix:PATH,server=on,wait=off  a QMP monitor (also tcp:HOST:PORT,…)
+  -mon chardev=ID,mode=control       a QMP monitor on a chardev
+  -qtest unix:PATH | chardev:ID      the qtest protocol (client mode, as QEMU)
+  -qtest-log FILE                    log qtest traffic
+  -incoming URI | defer              wait for an incoming migration
+  -device isa-debug-exit,iobase=0xf4,iosize=0x04
+  -S  -nodefaults  -display none  -no-reboot  -daemonize  -pidfile FILE  -version
+
+Logging: set LIVEMIG_LOG=debug|info|warning (default: warnings only).
+"""

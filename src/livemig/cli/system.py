@@ -1,0 +1,220 @@
+"""``livemig-system-x86_64``: a drop-in for ``qemu-system-x86_64``'s subset.
+
+Builds chardevs, the machine, the QMP and qtest servers from the command
+line, then waits on the main thread until QMP ``quit``, a signal, or the
+guest ends the process. Errors at startup are one line on stderr and exit
+status 1, as with QEMU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from .. import QEMU_COMPAT_VERSION, __version__
+from .. import chardev as chardevs
+from ..errors import ConfigError, LivemigError
+from ..machine import Machine, MachineConfig
+from ..qmp import QmpServer
+from ..qtest import QtestServer
+from .options import USAGE, SystemOptions, parse
+
+PROG = "livemig-system-x86_64"
+BOOT_SECTOR = 512
+BOOT_SIGNATURE = b"\x55\xaa"
+
+log = logging.getLogger("livemig")
+
+
+def setup_logging() -> None:
+    level = os.environ.get("LIVEMIG_LOG", "warning").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.WARNING),
+        format="%(asctime)s %(threadName)s %(name)s %(levelname)s: %(message)s",
+    )
+
+
+def read_boot_sector(path: str) -> bytes:
+    """The first 512 bytes of a raw drive image, which must end in 0x55AA."""
+    try:
+        with open(path, "rb") as drive:
+            sector = drive.read(BOOT_SECTOR)
+    except OSError as err:
+        raise ConfigError(f"-drive file={path}: Could not open '{path}': {err.strerror}") from err
+    if len(sector) < BOOT_SECTOR:
+        raise ConfigError(f"-drive file={path}: not bootable: {len(sector)} bytes, "
+                          f"a boot sector needs {BOOT_SECTOR}")
+    if sector[510:512] != BOOT_SIGNATURE:
+        raise ConfigError(f"-drive file={path}: not bootable: no 0x55AA boot signature")
+    return sector
+
+
+class EventRelay:
+    """The machine's event sink; forwards to the QMP server once it exists."""
+
+    def __init__(self) -> None:
+        self.target: QmpServer | None = None
+
+    def __call__(self, event: str, data: dict[str, Any] | None) -> None:
+        if self.target is not None:
+            self.target.emit(event, data)
+
+
+class System:
+    """Everything one livemig-system-x86_64 process runs."""
+
+    def __init__(self, opts: SystemOptions) -> None:
+        self.opts = opts
+        self.chardevs: dict[str, chardevs.Chardev] = {}
+        self.relay = EventRelay()
+        self._qtest_log: IO[str] | None = None
+        for spec in opts.chardevs:
+            self._add_chardev(spec)
+        serial = self._serial_chardev()
+        boot = next((d for d in opts.drives if d.boot), None)
+        config = MachineConfig(
+            ram_size=opts.ram_size,
+            accelerators=opts.accelerators,
+            boot_sector=read_boot_sector(boot.path) if boot else None,
+            name=opts.name,
+            start_paused=opts.start_paused,
+            incoming=opts.incoming is not None,
+            debug_exit=opts.debug_exit,
+            no_reboot=opts.no_reboot,
+        )
+        self.machine = Machine(config, serial.write if serial else (lambda _b: None),
+                               self.relay, self._exit_now)
+        self.qmp = QmpServer(self.machine)
+        self.relay.target = self.qmp
+        self._start_monitors()
+        self._start_qtest()
+
+    # --- construction helpers --------------------------------------------------
+    def _add_chardev(self, spec: dict[str, str]) -> chardevs.Chardev:
+        if spec["id"] in self.chardevs:
+            raise ConfigError(f"chardev: duplicate id '{spec['id']}'")
+        dev = chardevs.create(spec)
+        self.chardevs[spec["id"]] = dev
+        return dev
+
+    def _short_chardev(self, text: str, implicit_id: str) -> chardevs.Chardev:
+        if text.startswith("chardev:"):
+            ref = text[len("chardev:"):]
+            if ref not in self.chardevs:
+                raise ConfigError(f"chardev '{ref}' not found")
+            return self.chardevs[ref]
+        return self._add_chardev(chardevs.options_from_short(text, implicit_id))
+
+    def _serial_chardev(self) -> chardevs.Chardev | None:
+        specs = [s for s in self.opts.serial if s != "none"]
+        if not specs:
+            return None
+        return self._short_chardev(specs[0], "serial0")
+
+    def _start_monitors(self) -> None:
+        for index, text in enumerate(self.opts.qmp):
+            self._short_chardev(text, f"compat_monitor{index}").serve(self.qmp.attach)
+        for ref in self.opts.monitors:
+            if ref not in self.chardevs:
+                raise ConfigError(f"-mon: chardev '{ref}' not found")
+            self.chardevs[ref].serve(self.qmp.attach)
+
+    def _start_qtest(self) -> None:
+        if self.opts.qtest is None:
+            return
+        if self.opts.qtest_log:
+            self._qtest_log = open(self.opts.qtest_log, "w")  # noqa: SIM115  (lives as long as we do)
+        server = QtestServer(self.machine, self._qtest_log)
+        self._short_chardev(self.opts.qtest, "qtest").serve(server.attach)
+
+    # --- running ------------------------------------------------------------------
+    def _exit_now(self, code: int) -> None:
+        """isa-debug-exit: end the process at once with the guest's code."""
+        os._exit(code)
+
+    def run(self) -> int:
+        self.machine.start()
+        stop = self.machine.shutdown_requested
+
+        def on_signal(signum: int, _frame: object) -> None:
+            if not stop.is_set():
+                print(f"{PROG}: terminating on signal {signum}", file=sys.stderr)
+                self.machine.request_shutdown("host-signal")
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_signal)
+        while not stop.wait(0.5):
+            pass
+        # Let a command in flight (quit) finish and send its answer first.
+        with self.qmp.dispatch_lock:
+            pass
+        return 0
+
+    def close(self) -> None:
+        self.machine.close()
+        for dev in self.chardevs.values():
+            dev.close()
+
+
+def _daemonize() -> None:
+    """Fork; the parent exits once the child is up, as QEMU's -daemonize."""
+    read_fd, write_fd = os.pipe()
+    if os.fork() > 0:
+        os.close(write_fd)
+        ok = os.read(read_fd, 1)
+        os._exit(0 if ok == b"1" else 1)
+    os.close(read_fd)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(null, fd)
+    _DAEMON_PIPE.append(write_fd)
+
+
+_DAEMON_PIPE: list[int] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    setup_logging()
+    try:
+        opts = parse(args)
+    except ConfigError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 1
+    if opts.show_help:
+        print(USAGE, end="")
+        return 0
+    if opts.show_version:
+        major, minor, micro = QEMU_COMPAT_VERSION
+        print(f"QEMU emulator version {major}.{minor}.{micro} (livemig {__version__})")
+        return 0
+    if opts.daemonize:
+        _daemonize()
+    try:
+        system = System(opts)
+        if opts.pidfile:
+            Path(opts.pidfile).write_text(f"{os.getpid()}\n")
+    except LivemigError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 1
+    if _DAEMON_PIPE:
+        os.write(_DAEMON_PIPE[0], b"1")
+        os.close(_DAEMON_PIPE[0])
+    try:
+        return system.run()
+    finally:
+        system.close()
+        if opts.pidfile:
+            Path(opts.pidfile).unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "main"
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""One virtual machine: RAM, devices, accelerator, vCPU thread, run state.
+
+Control happens under ``Machine.lock`` (livemig's "big lock"): QMP commands,
+qtest, and the migration job take it for every state change. The vCPU thread
+never takes it; it only touches the device bus (which has its own lock) and
+guest RAM.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..accel import (
+    Accelerator,
+    CpuState,
+    Crashed,
+    Kicked,
+    RunResult,
+    TripleFault,
+    create_first,
+)
+from ..devices import IoBus, IsaDebugExit, SystemControlPortA, Uart16550
+from ..errors import DeviceError, MachineError
+from ..memory import GuestRam
+from .config import MachineConfig
+from .runstate import NEEDS_RESET, RunState
+from .vcpu import VcpuThread
+
+log = logging.getLogger(__name__)
+
+BOOT_ADDRESS = 0x7C00
+BOOT_DRIVE = 0x80
+COM1 = 0x3F8
+PORT_92 = 0x92
+
+EventSink = Callable[[str, dict[str, Any] | None], None]
+
+
+class Machine:
+    """A one-vCPU PC without firmware: the boot sector is loaded at 0x7c00."""
+
+    def __init__(
+        self,
+        config: MachineConfig,
+        serial_output: Callable[[bytes], None],
+        emit: EventSink,
+        exit_process: Callable[[int], None],
+    ) -> None:
+        self.config = config
+        self.lock = threading.RLock()
+        self._emit = emit
+        self.ram = GuestRam(config.ram_size)
+        self.bus = IoBus()
+        self.serial = Uart16550(serial_output)
+        self.port92 = SystemControlPortA(self.request_reset)
+        self.bus.map(COM1, 8, self.serial)
+        self.bus.map(PORT_92, 1, self.port92)
+        if config.debug_exit is not None:
+            self.bus.map(config.debug_exit.iobase, config.debug_exit.iosize,
+                         IsaDebugExit(exit_process))
+        self._reset_requested = threading.Event()
+        self.accel_name, self.accel = create_first(config.accelerators, self.ram, self.bus)
+        self.vcpu: VcpuThread | None = None
+        if self.accel is not None:
+            self.vcpu = VcpuThread(self.accel, 0, self._after_run)
+        self._load_boot_sector()
+        self.runstate = RunState.PRELAUNCH
+        self.autostart = not config.start_paused
+        self.shutdown_requested = threading.Event()
+        self.shutdown_reason = ""
+
+    # --- boot ----------------------------------------------------------------
+    def _load_boot_sector(self) -> None:
+        sector = self.config.boot_sector
+        if sector is None:
+            # Nothing to boot: the vCPU sits halted, as a PC with no boot disk.
+            if self.vcpu is not None:
+                self.vcpu.set_halted(True)
+            return
+        self.ram.write(BOOT_ADDRESS, sector)
+        if self.accel is not None:
+            self.accel.code_changed(BOOT_ADDRESS, len(sector))
+            self.accel.set_state(CpuState.boot(BOOT_ADDRESS, BOOT_DRIVE))
+
+    def start(self) -> None:
+        """Enter the initial run state (after the servers are listening)."""
+        with self.lock:
+            if self.config.incoming:
+                self.runstate = RunState.INMIGRATE
+            elif self.autostart:
+                self._start_vcpus(emit_resume=False)
+            else:
+                self.runstate = RunState.PRELAUNCH
+
+    # --- run-state control (call with self.lock held) ---------------------------
+    @property
+    def running(self) -> bool:
+        return self.runstate == RunState.RUNNING
+
+    def _start_vcpus(self, emit_resume: bool) -> None:
+        self.runstate = RunState.RUNNING
+        if self.vcpu is not None:
+            self.vcpu.start()
+        if emit_resume:
+            self._emit("RESUME", None)
+
+    def stop(self, state: RunState = RunState.PAUSED, emit: bool = True) -> bool:
+        """Pause the guest into ``state``; True if it was running.
+
+        Not running already: nothing changes and no STOP is sent, as QEMU.
+        """
+        with self.lock:
+            if not self.running:
+                return False
+            self.pause_vcpus()
+            self.runstate = state
+            if emit:
+                self._emit("STOP", None)
+            return True
+
+    def cont(self) -> None:
+        """Resume the guest (QMP ``cont``)."""
+        with self.lock:
+            if self.runstate in NEEDS_RESET:
+                raise MachineError("Resetting the Virtual Machine is required")
+            if self.runstate == RunState.INMIGRATE:
+                self.autostart = True
+                return
+            if self.running:
+                return
+            self._start_vcpus(emit_resume=True)
+
+    def resume(self) -> None:
+        """Start the guest from any stopped state, sending RESUME."""
+        with self.lock:
+            if not self.running:
+                self._start_vcpus(emit_resume=True)
+
+    def set_runstate(self, state: RunState) -> None:
+        with self.lock:
+            self.runstate = state
+
+    def pause_vcpus(self) -> None:
+        """Stop vCPU execution without changing the run state."""
+        if self.vcpu is not None:
+            self.vcpu.stop()
+
+    def resume_vcpus(self) -> None:
+        if self.vcpu is not None and self.running:
+            self.vcpu.start()
+
+    # --- reset and shutdown --------------------------------------------------------
+    def system_reset(self, reason: str = "host-qmp-system-reset", guest: bool = False) -> None:
+        with self.lock:
+            was_running = self.vcpu is not None and self.running
+            if was_running:
+                self.pause_vcpus()
+            self._reset_devices_and_cpu()
+            self._emit("RESET", {"guest": guest, "reason": reason})
+            if was_running:
+                self.resume_vcpus()
+
+    def _reset_devices_and_cpu(self) -> None:
+        self.bus.reset()
+        if self.vcpu is not None:
+            self.vcpu.wake()
+        self._load_boot_sector()
+
+    def request_reset(self) -> None:
+        """A guest-initiated reset (port 0x92): done on the vCPU thread."""
+        self._reset_requested.set()
+        if self.accel is not None:
+            self.accel.kick()
+
+    def _after_run(self, result: RunResult) -> None:
+        """Called on the vCPU thread after each return from the accelerator."""
+        if isinstance(result, TripleFault) or self._reset_requested.is_set():
+            self._reset_requested.clear()
+            if self.config.no_reboot:
+                self.request_shutdown("guest-reset")
+                return
+            self._reset_devices_and_cpu()
+            self._emit("RESET", {"guest": True, "reason": "guest-reset"})
+        elif isinstance(result, Crashed):
+            log.error("guest stopped: %s", result.reason)
+            if self.vcpu is not None:
+                self.vcpu.stop()
+            self.runstate = RunState.INTERNAL_ERROR
+            self._emit("STOP", None)
+        elif not isinstance(result, Kicked):
+            pass  # halted: the vCPU thread parks itself
+
+    def request_shutdown(self, reason: str, guest: bool = False) -> None:
+        """Ask the main loop to end the process, after a SHUTDOWN event."""
+        self.shutdown_reason = reason
+        self._emit("SHUTDOWN", {"guest": guest, "reason": reason})
+        self.shutdown_requested.set()
+
+    def close(self) -> None:
+        if self.vcpu is not None:
+            self.vcpu.shutdown()
+        if self.accel is not None:
+            self.accel.close()
+
+    # --- state for migration (vCPUs stopped) -----------------------------------------
+    def save_cpu_state(self) -> dict[str, Any]:
+        if self.accel is None:
+            state = CpuState.boot()
+            state.halted = True
+            return state.to_dict()
+        state = self.accel.get_state()
+        state.halted = self.vcpu.halted if self.vcpu is not None else False
+        return state.to_dict()
+
+    def load_cpu_state(self, data: dict[str, Any]) -> None:
+        state = CpuState.from_dict(data)
+        if self.accel is None:
+            return
+        self.accel.code_changed(0, self.ram.size)
+        self.accel.set_state(state)
+        if self.vcpu is not None:
+            self.vcpu.set_halted(state.halted)
+
+    def save_device_states(self) -> dict[str, dict[str, Any]]:
+        with self.bus.lock:
+            return {dev.name: dev.state() for dev in self.bus.devices}
+
+    def load_device_states(self, states: dict[str, dict[str, Any]]) -> None:
+        with self.bus.lock:
+            known = {dev.name: dev for dev in self.bus.devices}
+            for name, state in states.items():
+                if name not in known:
+                    raise DeviceError(f"the stream has state for unknown device '{name}'")
+                known[name].load_state(state)
+
+    @property
+    def vcpu_thread_id(self) -> int:
+        return self.vcpu.native_id if self.vcpu is not None else threading.get_native_id()

@@ -1,0 +1,115 @@
+"""The vCPU thread: runs the accelerator, stops on request within a deadline.
+
+Stopping is a handshake. The controller clears ``want_run`` and kicks; the
+vCPU thread, once out of the accelerator, reports ``idle``. Kicks repeat
+until the report arrives, because a kick can land just before the
+accelerator is entered (Unicorn forgets an ``emu_stop`` made before
+``emu_start``). The vCPU thread arms the accelerator (forgets old kicks)
+while holding the same condition the controller uses, so a kick made after
+``want_run`` was cleared can never be lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from ..accel import Accelerator, Halted, Kicked, RunResult
+from ..errors import MachineError
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 10.0
+_KICK_INTERVAL = 0.005
+
+
+class VcpuThread:
+    """Owns the thread that calls ``accel.run``."""
+
+    def __init__(
+        self, accel: Accelerator, index: int, after_run: Callable[[RunResult], None]
+    ) -> None:
+        self.accel = accel
+        self.index = index
+        self._after_run = after_run
+        self._cond = threading.Condition()
+        self._want_run = False
+        self._idle = True
+        self._quit = False
+        self.halted = False
+        self.native_id: int = 0
+        self._started = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"CPU {index}/{accel.name.upper()}", daemon=True
+        )
+        self._thread.start()
+        self._started.wait()
+
+    def _loop(self) -> None:
+        self.native_id = threading.get_native_id()
+        self._started.set()
+        while True:
+            with self._cond:
+                while self._quit or not self._want_run or self.halted:
+                    self._idle = True
+                    self._cond.notify_all()
+                    if self._quit:
+                        return
+                    self._cond.wait()
+                self._idle = False
+                self.accel.arm()
+            result = self.accel.run()
+            if isinstance(result, Halted):
+                with self._cond:
+                    self.halted = True
+            if not isinstance(result, Kicked | Halted):
+                log.info("vCPU %d stopped: %s", self.index, result)
+            self._after_run(result)
+
+    @property
+    def running(self) -> bool:
+        with self._cond:
+            return not self._idle
+
+    def start(self) -> None:
+        """Let the vCPU run (returns at once)."""
+        with self._cond:
+            self._want_run = True
+            self._cond.notify_all()
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the vCPU and wait until it is out of the accelerator."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._want_run = False
+            if threading.get_ident() == self._thread.ident:
+                return  # the vCPU stopping itself: it is not inside run()
+            while not self._idle:
+                self.accel.kick()
+                if self._cond.wait(_KICK_INTERVAL):
+                    continue
+                if time.monotonic() > deadline:
+                    raise MachineError(f"vCPU {self.index} did not stop within {timeout:.0f}s")
+
+    def wake(self) -> None:
+        """Leave the halted state (after a reset or a state load)."""
+        with self._cond:
+            self.halted = False
+            self._cond.notify_all()
+
+    def set_halted(self, halted: bool) -> None:
+        with self._cond:
+            self.halted = halted
+            self._cond.notify_all()
+
+    def shutdown(self) -> None:
+        try:
+            self.stop(timeout=2.0)
+        except MachineError:
+            log.warning("vCPU %d did not stop at shutdown", self.index)
+        with self._cond:
+            self._quit = True
+            self._cond.notify_all()
+        self._thread.join(timeout=2.0)

@@ -1,0 +1,116 @@
+"""Guest RAM: one anonymous private mmap, addressed by guest-physical offset.
+
+The same mapping is handed to KVM (``KVM_SET_USER_MEMORY_REGION``), to
+Unicorn (``mem_map_ptr``), to the migration code (numpy and memoryview
+views) and, on a postcopy destination, to userfaultfd. There is exactly one
+copy of guest memory in the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+import numpy as np
+
+from ..errors import BootError
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+
+# <sys/mman.h>
+PROT_READ, PROT_WRITE = 0x1, 0x2
+MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x02, 0x20, 0x4000
+MAP_FAILED = ctypes.c_void_p(-1).value
+MADV_DONTNEED = 4
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+class GuestRam:
+    """Guest-physical RAM [0, size), page-aligned, zero-filled on creation."""
+
+    def __init__(self, size: int) -> None:
+        if size <= 0 or size % PAGE_SIZE:
+            raise BootError(f"RAM size {size} is not a positive multiple of {PAGE_SIZE}")
+        address = _libc.mmap(None, size, PROT_READ | PROT_WRITE,
+                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        if address in (None, MAP_FAILED):
+            code = ctypes.get_errno()
+            raise BootError(f"could not map {size} bytes of guest RAM: {os.strerror(code)}")
+        self.size = size
+        self.address: int = address
+        self.pages = size // PAGE_SIZE
+        # Safe: [address, address+size) stays mapped until close(), and every
+        # view below is dropped before the munmap there.
+        self._buffer = (ctypes.c_char * size).from_address(address)
+        self.view = memoryview(self._buffer).cast("B")
+        self.array = np.frombuffer(self._buffer, dtype=np.uint8)
+        # Pages written by the VMM itself (qtest, devices, loads): the
+        # accelerator's dirty tracker cannot see these, so they are ORed in.
+        self._vmm_dirty = np.zeros(self.pages, dtype=bool)
+        self._vmm_lock = threading.Lock()
+
+    # --- bounds -----------------------------------------------------------
+    def check_range(self, address: int, length: int) -> None:
+        """Raise ValueError unless [address, address+length) is inside RAM."""
+        if address < 0 or length < 0 or address + length > self.size:
+            raise ValueError(
+                f"range {address:#x}+{length:#x} is outside guest RAM (size {self.size:#x})"
+            )
+
+    def contains(self, address: int, length: int = 1) -> bool:
+        return 0 <= address and 0 <= length and address + length <= self.size
+
+    # --- access from the VMM ----------------------------------------------
+    def read(self, address: int, length: int) -> bytes:
+        self.check_range(address, length)
+        return bytes(self.view[address:address + length])
+
+    def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
+        """Write as the VMM; the pages are marked dirty for migration."""
+        length = len(data)
+        self.check_range(address, length)
+        self.view[address:address + length] = data
+        self.mark_dirty(address, length)
+
+    def fill(self, address: int, length: int, value: int) -> None:
+        self.check_range(address, length)
+        self.array[address:address + length] = value & 0xFF
+        self.mark_dirty(address, length)
+
+    def mark_dirty(self, address: int, length: int) -> None:
+        if length <= 0:
+            return
+        first = address >> PAGE_SHIFT
+        last = (address + length - 1) >> PAGE_SHIFT
+        with self._vmm_lock:
+            self._vmm_dirty[first:last + 1] = True
+
+    def take_vmm_dirty(self) -> np.ndarray:
+        """Return and clear the pages the VMM wrote since the last call."""
+        with self._vmm_lock:
+            taken = self._vmm_dirty.copy()
+            self._vmm_dirty[:] = False
+        return taken
+
+    def discard(self) -> None:
+        """Give every page back to the kernel (reads as zero afterwards)."""
+        if _libc.madvise(self.address, self.size, MADV_DONTNEED) != 0:
+            code = ctypes.get_errno()
+            raise BootError(f"madvise(MADV_DONTNEED) failed: {os.strerror(code)}")
+
+    def close(self) -> None:
+        if not self.address:
+            return
+        self.view.release()
+        del self.array
+        self._buffer = None  # type: ignore[assignment]
+        _libc.munmap(self.address, self.size)
+        self.address = 0

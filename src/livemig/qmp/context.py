@@ -1,0 +1,19 @@
+"""What a QMP handler is given: the objects it may call into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..machine import Machine
+
+if TYPE_CHECKING:
+    from .server import QmpServer, QmpSession
+
+
+@dataclass
+class QmpContext:
+    machine: Machine
+    server: QmpServer
+    session: QmpSession
+    migration: Any = None  # the migration manager, once that layer exists

@@ -1,0 +1,166 @@
+"""QMP: greeting, capabilities negotiation, dispatch, events.
+
+One :class:`QmpSession` per connected client, each on its own thread.
+Commands from all sessions run one at a time (``dispatch_lock``), the way
+QEMU runs them under its big lock; events go to every negotiated session.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from .. import QEMU_COMPAT_VERSION, __version__
+from ..chardev import Stream
+from ..errors import LivemigError, QmpError
+from ..machine import Machine
+from .context import QmpContext
+from .jsonstream import JsonSplitter, ParseError
+from .registry import COMMANDS, call
+from .schema import check_arguments
+
+log = logging.getLogger(__name__)
+
+_ALLOWED_KEYS = {"execute", "arguments", "id", "control"}
+
+
+def _line(message: dict[str, Any]) -> bytes:
+    return (json.dumps(message) + "\r\n").encode()
+
+
+def version_info() -> dict[str, Any]:
+    major, minor, micro = QEMU_COMPAT_VERSION
+    return {"qemu": {"micro": micro, "minor": minor, "major": major},
+            "package": f"livemig {__version__}"}
+
+
+class QmpSession:
+    """One client connection."""
+
+    def __init__(self, server: QmpServer, stream: Stream) -> None:
+        self.server = server
+        self.stream = stream
+        self.negotiated = False
+
+    def send(self, message: dict[str, Any]) -> bool:
+        return self.stream.write(_line(message))
+
+    def run(self) -> None:
+        self.send({"QMP": {"version": version_info(), "capabilities": ["oob"]}})
+        splitter = JsonSplitter()
+        self.server.add_session(self)
+        try:
+            while True:
+                data = self.stream.read()
+                if not data:
+                    return
+                for value in splitter.feed(data):
+                    response = self.handle(value)
+                    if response is not None and not self.send(response):
+                        return
+        finally:
+            self.server.remove_session(self)
+
+    def handle(self, value: Any) -> dict[str, Any] | None:
+        if isinstance(value, ParseError):
+            return _error(None, QmpError(value.message))
+        if not isinstance(value, dict):
+            return _error(None, QmpError("QMP input must be a JSON object"))
+        has_id = "id" in value
+        msg_id = value.get("id")
+        try:
+            name, args = _unpack(value)
+            with self.server.dispatch_lock:
+                result = self.server.dispatch(self, name, args)
+        except QmpError as err:
+            return _error(msg_id, err, has_id)
+        except LivemigError as err:
+            return _error(msg_id, QmpError(str(err)), has_id)
+        except Exception as err:  # a bug must not take the monitor down
+            log.exception("QMP command failed unexpectedly")
+            return _error(msg_id, QmpError(f"internal error: {err}"), has_id)
+        response: dict[str, Any] = {"return": result if result is not None else {}}
+        if has_id:
+            response = {"id": msg_id, **response}
+        return response
+
+
+def _unpack(value: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    for key in value:
+        if key not in _ALLOWED_KEYS:
+            raise QmpError(f"QMP input member '{key}' is unexpected")
+    if "execute" not in value:
+        raise QmpError("QMP input lacks member 'execute'")
+    name = value["execute"]
+    if not isinstance(name, str):
+        raise QmpError("QMP input member 'execute' must be a string")
+    args = value.get("arguments", {})
+    if not isinstance(args, dict):
+        raise QmpError("QMP input member 'arguments' must be an object")
+    return name, args
+
+
+def _error(msg_id: Any, err: QmpError, has_id: bool | None = None) -> dict[str, Any]:
+    body = {"error": {"class": err.error_class, "desc": err.desc}}
+    if has_id or (has_id is None and msg_id is not None):
+        return {"id": msg_id, **body}
+    return body
+
+
+class QmpServer:
+    """All QMP sessions of one VM process, and the event broadcaster."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.migration: Any = None
+        self.dispatch_lock = threading.RLock()
+        self._sessions: list[QmpSession] = []
+        self._lock = threading.Lock()
+
+    def attach(self, stream: Stream) -> None:
+        """Serve one connection to its end (called on the connection's thread)."""
+        QmpSession(self, stream).run()
+
+    def add_session(self, session: QmpSession) -> None:
+        with self._lock:
+            self._sessions.append(session)
+
+    def remove_session(self, session: QmpSession) -> None:
+        with self._lock:
+            if session in self._sessions:
+                self._sessions.remove(session)
+
+    def dispatch(self, session: QmpSession, name: str, args: dict[str, Any]) -> Any:
+        if name == "qmp_capabilities" and not session.negotiated:
+            check_arguments({"*enable": ["str"]}, args)
+            session.negotiated = True
+            return {}
+        if not session.negotiated:
+            raise QmpError("Expecting capabilities negotiation with 'qmp_capabilities'",
+                           "CommandNotFound")
+        if name == "qmp_capabilities":
+            raise QmpError("Capabilities negotiation is already complete, command ignored",
+                           "CommandNotFound")
+        cmd = COMMANDS.get(name)
+        if cmd is None:
+            raise QmpError(f"The command {name} has not been found", "CommandNotFound")
+        checked = check_arguments(cmd.schema, args)
+        ctx = QmpContext(self.machine, self, session, self.migration)
+        return call(cmd, ctx, checked)
+
+    def emit(self, event: str, data: dict[str, Any] | None = None) -> None:
+        """Send an event to every negotiated session, with QEMU's timestamp."""
+        now = time.time()
+        message: dict[str, Any] = {
+            "timestamp": {"seconds": int(now), "microseconds": int(now % 1 * 1_000_000)},
+            "event": event,
+        }
+        if data is not None:
+            message["data"] = data
+        with self._lock:
+            sessions = [s for s in self._sessions if s.negotiated]
+        for session in sessions:
+            session.send(message)

@@ -1,0 +1,5 @@
+"""The qtest protocol server."""
+
+from .server import QtestServer
+
+__all__ = ["QtestServer"]
