@@ -46,6 +46,15 @@ def create_first(names: list[str], ram: GuestRam, bus: IoBus) -> tuple[str, Acce
 
 
 __all__ = [
-    "KNOWN", "Accelerator", "Crashed", "CpuState", "Halted", "Kicked", "RunResult",
-    "Segment", "TripleFault", "create", "create_first",
+    "KNOWN",
+    "Accelerator",
+    "CpuState",
+    "Crashed",
+    "Halted",
+    "Kicked",
+    "RunResult",
+    "Segment",
+    "TripleFault",
+    "create",
+    "create_first",
 ]

@@ -25,8 +25,8 @@ from ..kvm import (
     KvmVm,
     MmioExit,
     ShutdownExit,
+    abi,
 )
-from ..kvm import abi
 from ..memory import GuestRam
 from .base import Crashed, Halted, Kicked, RunResult, TripleFault
 from .cpustate import GPR_NAMES, SEGMENT_NAMES, CpuState, Segment

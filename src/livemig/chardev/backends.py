@@ -81,7 +81,9 @@ class StdioChardev(Chardev):
                          daemon=True).start()
 
 
-def _make_socket(path: str | None, host: str | None, port: str | None) -> tuple[socket.socket, object]:
+def _make_socket(
+    path: str | None, host: str | None, port: str | None
+) -> tuple[socket.socket, object]:
     if path is not None:
         return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path
     if host is None or port is None:

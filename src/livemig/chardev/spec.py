@@ -116,7 +116,8 @@ def create(opts: dict[str, str]) -> Chardev:
     if backend == "file":
         if "path" not in opts:
             raise ChardevError("chardev: file: no filename given")
-        return FileChardev(chardev_id, opts["path"], parse_bool("append", opts.get("append", "off")))
+        append = parse_bool("append", opts.get("append", "off"))
+        return FileChardev(chardev_id, opts["path"], append)
     server = parse_bool("server", opts.get("server", "off"))
     path, host, port = opts.get("path"), opts.get("host"), opts.get("port")
     if server:

@@ -128,7 +128,7 @@ class System:
         if self.opts.qtest is None:
             return
         if self.opts.qtest_log:
-            self._qtest_log = open(self.opts.qtest_log, "w")  # noqa: SIM115  (lives as long as we do)
+            self._qtest_log = open(self.opts.qtest_log, "w")
         server = QtestServer(self.machine, self._qtest_log)
         self._short_chardev(self.opts.qtest, "qtest").serve(server.attach)
 

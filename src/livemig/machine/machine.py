@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ..accel import (
-    Accelerator,
     CpuState,
     Crashed,
     Kicked,
