@@ -112,8 +112,8 @@ def _memory(o: SystemOptions, text: str) -> None:
         size = parse_size(opts.get("size", ""), default_unit=1 << 20)
     except ConfigError as err:
         raise ConfigError(f"-m {text}: {err}") from err
-    if size <= 0:
-        raise ConfigError(f"-m {text}: RAM size must be greater than zero")
+    if size == 0:
+        size = DEFAULT_RAM  # QEMU reads -m 0 as "the default"
     if size > MAX_RAM:
         raise ConfigError(f"-m {text}: at most {MAX_RAM >> 30} GiB of RAM is supported")
     o.ram_size = (size + 8191) // 8192 * 8192  # QEMU rounds RAM up to 8 KiB

@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         opts = parse(args)
-    except ConfigError as err:
+    except LivemigError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 1
     if opts.show_help:

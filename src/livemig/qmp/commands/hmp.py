@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ...machine import RunState
 from ..context import QmpContext
 from ..registry import COMMANDS, call, command
 
@@ -12,6 +13,8 @@ def _info_status(ctx: QmpContext) -> str:
     machine = ctx.machine
     if machine.running:
         return "VM status: running\r\n"
+    if machine.runstate == RunState.PAUSED:
+        return "VM status: paused\r\n"
     return f"VM status: paused ({machine.runstate})\r\n"
 
 

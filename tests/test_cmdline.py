@@ -1,0 +1,93 @@
+"""Bad command lines: one clear line on stderr, non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import LIVEMIG, QEMU
+
+from livemig.guest import write_image
+
+pytestmark = pytest.mark.skipif(LIVEMIG is None, reason="livemig not installed")
+
+
+def _run(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([binary, "-display", "none", "-nodefaults", *args],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def _bad_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
+    short = tmp / "short.img"
+    short.write_bytes(b"\x90" * 100)
+    unsigned = tmp / "unsigned.img"
+    unsigned.write_bytes(bytes(512))
+    return [
+        ("unknown option", ["-frobnicate"], "-frobnicate: invalid option"),
+        ("missing argument", ["-m"], "-m: requires an argument"),
+        ("bad -m", ["-m", "lots"], "-m lots"),
+        ("missing drive", ["-drive", f"file={tmp / 'nope.img'},format=raw"],
+         "No such file or directory"),
+        ("short drive", ["-drive", f"file={short},format=raw"], "not bootable"),
+        ("unsigned drive", ["-drive", f"file={unsigned},format=raw"], "0x55AA"),
+        ("smp 2", ["-smp", "2"], "one vCPU"),
+        ("bad accelerator", ["-machine", "accel=warp"], "invalid accelerator warp"),
+        ("unknown device", ["-device", "e1000"], "e1000"),
+        ("unknown chardev backend", ["-chardev", "bogus,id=x"], "bogus"),
+        ("chardev without id", ["-chardev", "null"], "id"),
+        ("qmp client to nowhere", ["-qmp", f"unix:{tmp / 'absent.sock'}"], "absent.sock"),
+    ]
+
+
+def test_bad_command_lines(tmp_path: Path) -> None:
+    for label, args, needle in _bad_cases(tmp_path):
+        result = _run(str(LIVEMIG), *args)
+        assert result.returncode != 0, label
+        assert "Traceback" not in result.stderr, (label, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, (label, result.stderr)
+        assert lines[0].startswith("livemig-system-x86_64: "), (label, lines[0])
+        assert needle in lines[0], (label, lines[0])
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")
+def test_qemu_refuses_the_same_lines(tmp_path: Path) -> None:
+    """The ones QEMU also refuses (it has more devices and accelerators than we do)."""
+    for label, args, _needle in _bad_cases(tmp_path):
+        if label in ("unknown device", "smp 2", "short drive", "unsigned drive"):
+            continue  # QEMU has e1000 and SMP, and boots anything through its BIOS
+        assert _run(str(QEMU), *args).returncode != 0, label
+
+
+def test_version_and_help() -> None:
+    assert _run(str(LIVEMIG), "-version").stdout.startswith("QEMU emulator version 7.2.0")
+    assert "-incoming" in _run(str(LIVEMIG), "-help").stdout
+
+
+def test_no_drive_comes_up_halted(lab, vmm_any_accel) -> None:  # type: ignore[no-untyped-def]
+    vm = lab.start(vmm_any_accel, "empty", boot=False)
+    assert vm.cmd("query-status")["running"] is True
+    assert vm.quit() == 0
+
+
+def test_debug_exit(tmp_path: Path) -> None:
+    """A guest that writes 0x21 to isa-debug-exit ends the VMM with (0x21 << 1) | 1."""
+    image = tmp_path / "exit.img"
+    # mov al, 0x21 ; out 0xf4, al ; hlt
+    code = bytes([0xB0, 0x21, 0xE6, 0xF4, 0xF4])
+    image.write_bytes(code + bytes(510 - len(code)) + b"\x55\xaa")
+    args = ["-drive", f"file={image},format=raw",
+            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+    assert _run(str(LIVEMIG), "-accel", "tcg", *args).returncode == 0x43
+    if QEMU is not None:
+        assert _run(str(QEMU), "-accel", "tcg", *args).returncode == 0x43
+
+
+def test_guest_image_matches_source(tmp_path: Path) -> None:
+    out = write_image(tmp_path / "ab.img")
+    assert out.stat().st_size == 512
+    result = subprocess.run(["livemig", "guest", "ab", "--output", str(tmp_path / "cli.img")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cli.img").read_bytes() == out.read_bytes()
