@@ -39,7 +39,8 @@ def boot_demo(accel: str = "tcg", ram: str = "150M", seconds: float = 3.0,
         state = vm.cmd("query-status")
         table.add_row(str(state["status"]), str(state["running"]), str(state["singlestep"]))
         console.print(table)
-        console.print(f"serial output so far: [green]{vm.serial().decode(errors='replace')}[/green]")
+        serial = vm.serial().decode(errors="replace")
+        console.print(f"serial output so far: [green]{serial}[/green]")
         console.print(f"accelerator in use: {'kvm' if vm.cmd('query-kvm')['enabled'] else 'tcg'}")
         vm.quit()
         return 0

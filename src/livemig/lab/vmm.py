@@ -192,7 +192,7 @@ class Vm:
     def quit(self, timeout: float = 30.0) -> int:
         try:
             self.cmd("quit")
-        except Exception:  # noqa: BLE001  (the process may close QMP before answering)
+        except Exception:
             pass
         return self.wait_exit(timeout)
 
@@ -208,7 +208,7 @@ class Vm:
             self.process.wait(10)
         try:
             self.qmp.close()
-        except Exception:  # noqa: BLE001  (already gone is fine)
+        except Exception:
             pass
 
 
@@ -243,7 +243,7 @@ class VmLauncher:
     def spawn(self, argv: list[str], name: str = "proc",
               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start any process, tracked for cleanup; stderr goes to NAME.stderr."""
-        err = open(self.workdir / f"{name}.stderr", "wb")  # noqa: SIM115
+        err = open(self.workdir / f"{name}.stderr", "wb")
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=err, env=env)
         err.close()

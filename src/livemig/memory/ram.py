@@ -11,10 +11,13 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-
-import numpy as np
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from ..errors import BootError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
@@ -51,11 +54,19 @@ class GuestRam:
         # view below is dropped before the munmap there.
         self._buffer = (ctypes.c_char * size).from_address(address)
         self.view = memoryview(self._buffer).cast("B")
-        self.array = np.frombuffer(self._buffer, dtype=np.uint8)
         # Pages written by the VMM itself (qtest, devices, loads): the
         # accelerator's dirty tracker cannot see these, so they are ORed in.
-        self._vmm_dirty = np.zeros(self.pages, dtype=bool)
+        # One byte per page; a bytearray keeps numpy out of VMM start-up.
+        self._vmm_dirty = bytearray(self.pages)
         self._vmm_lock = threading.Lock()
+
+    @cached_property
+    def array(self) -> np.ndarray:
+        """All of RAM as a numpy uint8 array (imported on first use: numpy
+        costs ~70 ms of start-up that a VM which never migrates can skip)."""
+        import numpy as np
+
+        return np.frombuffer(self._buffer, dtype=np.uint8)
 
     # --- bounds -----------------------------------------------------------
     def check_range(self, address: int, length: int) -> None:
@@ -82,7 +93,7 @@ class GuestRam:
 
     def fill(self, address: int, length: int, value: int) -> None:
         self.check_range(address, length)
-        self.array[address:address + length] = value & 0xFF
+        ctypes.memset(self.address + address, value & 0xFF, length)
         self.mark_dirty(address, length)
 
     def mark_dirty(self, address: int, length: int) -> None:
@@ -91,13 +102,15 @@ class GuestRam:
         first = address >> PAGE_SHIFT
         last = (address + length - 1) >> PAGE_SHIFT
         with self._vmm_lock:
-            self._vmm_dirty[first:last + 1] = True
+            self._vmm_dirty[first:last + 1] = b"\x01" * (last + 1 - first)
 
     def take_vmm_dirty(self) -> np.ndarray:
-        """Return and clear the pages the VMM wrote since the last call."""
+        """Return (bool per page) and clear the pages the VMM wrote since the last call."""
+        import numpy as np
+
         with self._vmm_lock:
-            taken = self._vmm_dirty.copy()
-            self._vmm_dirty[:] = False
+            taken = np.frombuffer(bytes(self._vmm_dirty), dtype=np.uint8).astype(bool)
+            self._vmm_dirty[:] = bytes(self.pages)
         return taken
 
     def discard(self) -> None:
@@ -110,7 +123,7 @@ class GuestRam:
         if not self.address:
             return
         self.view.release()
-        del self.array
+        self.__dict__.pop("array", None)
         self._buffer = None  # type: ignore[assignment]
         _libc.munmap(self.address, self.size)
         self.address = 0

@@ -1,0 +1,89 @@
+"""Start-up time and guest speed, livemig against QEMU.
+
+    python benchmarks/bench_boot.py [--runs N] [--accel tcg kvm] [--seconds S]
+
+start-up: time from exec to the QMP greeting (alternating runs, medians).
+guest speed: increment passes per second of the built-in guest, measured by
+sampling the byte at 1 MiB (it goes up by one per pass) over S seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import time
+
+from common import accelerators, alternate, kinds, report
+
+from livemig.guest import AB_START
+from livemig.lab import VmLauncher, VmmKind, wait_until
+
+
+def startup_once(kind: VmmKind, lab: VmLauncher) -> dict[str, float]:
+    qmp = lab.workdir / f"start-{time.monotonic_ns()}.qmp"
+    argv = [*lab.argv(kind, "start", extra=[], qmp=False), "-qmp", f"unix:{qmp},server=on,wait=off"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def greeting() -> bool:
+            if not qmp.exists():
+                return False
+            try:
+                with socket.socket(socket.AF_UNIX) as sock:
+                    sock.connect(str(qmp))
+                    line = sock.makefile("rb").readline()
+                    return "QMP" in json.loads(line)
+            except OSError:
+                return False
+        wait_until(greeting, 60, "the QMP greeting", interval=0.002)
+        return {"startup": (time.perf_counter() - t0) * 1000}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def speed_once(kind: VmmKind, lab: VmLauncher, seconds: float) -> dict[str, float]:
+    vm = lab.start(kind, "speed")
+    try:
+        vm.wait_serial(b"A", timeout=120)
+        last = vm.pmem(AB_START, 1)[0]
+        passes = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            time.sleep(0.02)
+            now = vm.pmem(AB_START, 1)[0]
+            passes += (now - last) % 256
+            last = now
+        return {"passes/s": passes / (time.perf_counter() - t0)}
+    finally:
+        vm.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--accel", nargs="+", default=["tcg", "kvm"])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    lab = VmLauncher()
+    try:
+        ours_kind, qemu_kind = kinds("tcg")
+        ours, theirs = alternate(
+            args.runs, lambda: startup_once(ours_kind, lab),
+            (lambda: startup_once(qemu_kind, lab)) if qemu_kind else None)
+        report("start-up: exec to QMP greeting (tcg)", ours, theirs, {"startup": "ms"})
+        for accel in accelerators(args.accel):
+            ours_kind, qemu_kind = kinds(accel)
+            seconds = args.seconds * (4 if accel == "kvm" else 1)
+            ours, theirs = alternate(
+                max(1, args.runs // 2), lambda k=ours_kind, s=seconds: speed_once(k, lab, s),
+                (lambda k=qemu_kind, s=seconds: speed_once(k, lab, s)) if qemu_kind else None)
+            report(f"guest speed ({accel})", ours, theirs, {"passes/s": "passes/s"})
+    finally:
+        lab.close()
+
+
+if __name__ == "__main__":
+    main()
