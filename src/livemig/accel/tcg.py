@@ -14,6 +14,7 @@ from unicorn import (
     UC_ARCH_X86,
     UC_HOOK_INSN,
     UC_MODE_16,
+    UC_MODE_32,
     UC_PROT_ALL,
     Uc,
     UcError,
@@ -49,19 +50,29 @@ class TcgAccelerator:
         self._ram = ram
         self._bus = bus
         self._kicked = threading.Event()
+        self._mode = UC_MODE_16
+        self._uc = self._engine(UC_MODE_16)
+        self.set_state(CpuState.boot())
+
+    def _engine(self, mode: int) -> Uc:
+        """A Unicorn instance on our RAM, with the port and MMIO hooks.
+
+        The mode only decides how Unicorn's own API treats registers: in
+        mode 16 a segment write always sets base = selector * 16, in mode 32
+        it loads the descriptor from the GDT. The guest's CPU mode is its
+        own (CR0), whichever engine runs it.
+        """
         try:
-            # Mode 16 starts the CPU in real mode; the guest's own CR0 write
-            # takes it to protected mode exactly as on hardware.
-            self._uc = Uc(UC_ARCH_X86, UC_MODE_16)
-            self._uc.mem_map_ptr(0, ram.size, UC_PROT_ALL, ram.address)
-            if ram.size < _FOUR_GIB:
-                self._uc.mmio_map(ram.size, _FOUR_GIB - ram.size,
-                                  self._unassigned_read, None, self._unassigned_write, None)
-            self._uc.hook_add(UC_HOOK_INSN, self._port_in, None, 1, 0, X.UC_X86_INS_IN)
-            self._uc.hook_add(UC_HOOK_INSN, self._port_out, None, 1, 0, X.UC_X86_INS_OUT)
+            uc = Uc(UC_ARCH_X86, mode)
+            uc.mem_map_ptr(0, self._ram.size, UC_PROT_ALL, self._ram.address)
+            if self._ram.size < _FOUR_GIB:
+                uc.mmio_map(self._ram.size, _FOUR_GIB - self._ram.size,
+                            self._unassigned_read, None, self._unassigned_write, None)
+            uc.hook_add(UC_HOOK_INSN, self._port_in, None, 1, 0, X.UC_X86_INS_IN)
+            uc.hook_add(UC_HOOK_INSN, self._port_out, None, 1, 0, X.UC_X86_INS_OUT)
         except UcError as err:
             raise AccelError(f"tcg: could not set up Unicorn: {err}") from err
-        self.set_state(CpuState.boot())
+        return uc
 
     # --- hooks (called on the vCPU thread, inside emu_start) ---------------
     def _port_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
@@ -92,12 +103,12 @@ class TcgAccelerator:
         if self._kicked.is_set():
             return Kicked()
         uc = self._uc
-        eip = uc.reg_read(X.UC_X86_REG_EIP)
-        cs = uc.reg_read(X.UC_X86_REG_CS)
-        # Unicorn's 16-bit mode turns ``begin`` into EIP by subtracting
-        # CS * 16 (real-mode style) even after the switch to protected mode,
-        # so add it here to land exactly on the current EIP.
-        begin = eip + (cs << 4)
+        begin = uc.reg_read(X.UC_X86_REG_EIP)
+        if self._mode == UC_MODE_16:
+            # Unicorn's 16-bit mode turns ``begin`` into EIP by subtracting
+            # CS * 16 (real-mode style) even after the switch to protected
+            # mode, so add it here to land exactly on the current EIP.
+            begin += uc.reg_read(X.UC_X86_REG_CS) << 4
         try:
             uc.emu_start(begin, _NEVER)
         except UcError as err:
@@ -152,6 +163,9 @@ class TcgAccelerator:
         return state
 
     def set_state(self, state: CpuState) -> None:
+        mode = UC_MODE_32 if state.protected else UC_MODE_16
+        if mode != self._mode:
+            self._uc, self._mode = self._engine(mode), mode
         uc = self._uc
         try:
             uc.reg_write(X.UC_X86_REG_GDTR, (0, state.gdt[0], state.gdt[1], 0))
@@ -163,8 +177,9 @@ class TcgAccelerator:
             for name, reg in _GPR32.items():
                 uc.reg_write(reg, state.gprs[name] & 0xFFFFFFFF)
             uc.reg_write(X.UC_X86_REG_EFLAGS, state.rflags & 0xFFFFFFFF)
-            # In protected mode a selector write reloads the hidden part from
-            # the GDT, which is in guest RAM and so already in place.
+            # In mode 32 a selector write reloads the hidden part from the
+            # GDT, which is in guest RAM and so already in place; in mode 16
+            # (real mode) it sets base = selector * 16, as real mode does.
             for name, reg in _SEGS.items():
                 uc.reg_write(reg, state.segments[name].selector)
             uc.reg_write(X.UC_X86_REG_EIP, state.rip & 0xFFFFFFFF)

@@ -20,6 +20,7 @@ from .. import QEMU_COMPAT_VERSION, __version__
 from .. import chardev as chardevs
 from ..errors import ConfigError, LivemigError
 from ..machine import Machine, MachineConfig
+from ..migration import MigrationManager
 from ..qmp import QmpServer
 from ..qtest import QtestServer
 from .options import USAGE, SystemOptions, parse
@@ -91,6 +92,10 @@ class System:
                                self.relay, self._exit_now)
         self.qmp = QmpServer(self.machine)
         self.relay.target = self.qmp
+        self.migration = MigrationManager(self.machine, self.relay, self._incoming_failed)
+        self.qmp.migration = self.migration
+        if opts.incoming is not None:
+            self.migration.listen(opts.incoming, start=False)
         self._start_monitors()
         self._start_qtest()
 
@@ -133,12 +138,18 @@ class System:
         self._short_chardev(self.opts.qtest, "qtest").serve(server.attach)
 
     # --- running ------------------------------------------------------------------
+    def _incoming_failed(self, message: str) -> None:
+        """QEMU ends the destination process when a load fails."""
+        print(f"{PROG}: {message}", file=sys.stderr)
+        self.machine.request_exit(1)
+
     def _exit_now(self, code: int) -> None:
         """isa-debug-exit: end the process at once with the guest's code."""
         os._exit(code)
 
     def run(self) -> int:
         self.machine.start()
+        self.migration.start_incoming()
         stop = self.machine.shutdown_requested
 
         def on_signal(signum: int, _frame: object) -> None:
@@ -154,9 +165,10 @@ class System:
         # Let a command in flight (quit) finish and send its answer first.
         with self.qmp.dispatch_lock:
             pass
-        return 0
+        return self.machine.exit_code
 
     def close(self) -> None:
+        self.migration.close()
         self.machine.close()
         for dev in self.chardevs.values():
             dev.close()

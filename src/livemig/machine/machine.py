@@ -70,6 +70,7 @@ class Machine:
         self.autostart = not config.start_paused
         self.shutdown_requested = threading.Event()
         self.shutdown_reason = ""
+        self.exit_code = 0
 
     # --- boot ----------------------------------------------------------------
     def _load_boot_sector(self) -> None:
@@ -196,6 +197,11 @@ class Machine:
         """Ask the main loop to end the process, after a SHUTDOWN event."""
         self.shutdown_reason = reason
         self._emit("SHUTDOWN", {"guest": guest, "reason": reason})
+        self.shutdown_requested.set()
+
+    def request_exit(self, code: int) -> None:
+        """End the process with ``code`` and no SHUTDOWN event (a failed load)."""
+        self.exit_code = code
         self.shutdown_requested.set()
 
     def close(self) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..machine import Machine
+from ..migration import MigrationManager
 
 if TYPE_CHECKING:
     from .server import QmpServer, QmpSession
@@ -16,4 +17,4 @@ class QmpContext:
     machine: Machine
     server: QmpServer
     session: QmpSession
-    migration: Any = None  # the migration manager, once that layer exists
+    migration: MigrationManager | None = None

@@ -17,6 +17,7 @@ from .. import QEMU_COMPAT_VERSION, __version__
 from ..chardev import Stream
 from ..errors import LivemigError, QmpError
 from ..machine import Machine
+from ..migration import MigrationManager
 from .context import QmpContext
 from .jsonstream import JsonSplitter, ParseError
 from .registry import COMMANDS, call
@@ -115,7 +116,7 @@ class QmpServer:
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
-        self.migration: Any = None
+        self.migration: MigrationManager | None = None
         self.dispatch_lock = threading.RLock()
         self._sessions: list[QmpSession] = []
         self._lock = threading.Lock()

@@ -1,0 +1,93 @@
+"""Dirty-page trackers: which guest pages changed since the last sync.
+
+Every tracker returns a numpy bool array, one entry per page, and ORs in the
+pages the VMM wrote itself (``GuestRam.take_vmm_dirty``), which no
+accelerator-level mechanism sees.
+
+- :class:`KvmDirtyTracker`: the KVM dirty log of the RAM memory slot.
+- :class:`ShadowDirtyTracker`: compares RAM against a private copy with
+  numpy. Works for any writer, costs a second copy of RAM and a full compare
+  per sync (~40 ms per 150 MiB here): the fallback for ``tcg`` until the
+  userfaultfd write-protect tracker lands.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from ..kvm import KvmVm
+from .ram import PAGE_SIZE, GuestRam
+
+_WORDS_PER_PAGE = PAGE_SIZE // 8
+_COMPARE_BLOCK = 4096  # pages compared per numpy call: bounds temporary memory
+
+
+class DirtyTracker(Protocol):
+    name: str
+
+    def start(self) -> None:
+        """Begin: from now on every write is reported by a later sync."""
+        ...
+
+    def sync(self) -> np.ndarray:
+        """Pages written since start() or the previous sync (bool per page)."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+class KvmDirtyTracker:
+    name = "kvm-dirty-log"
+
+    def __init__(self, vm: KvmVm, slot: int, ram: GuestRam) -> None:
+        self._vm, self._slot, self._ram = vm, slot, ram
+        words = (ram.pages + 63) // 64
+        self._bitmap = np.zeros(words, dtype=np.uint64)
+
+    def start(self) -> None:
+        self._vm.set_memory_region(self._slot, 0, self._ram.size, self._ram.address,
+                                   log_dirty=True)
+        self._ram.take_vmm_dirty()
+
+    def sync(self) -> np.ndarray:
+        # The bitmap array outlives the ioctl, which writes into it.
+        self._vm.get_dirty_log(self._slot, self._bitmap.ctypes.data)
+        bits = np.unpackbits(self._bitmap.view(np.uint8), bitorder="little")
+        return bits[: self._ram.pages].astype(bool) | self._ram.take_vmm_dirty()
+
+    def stop(self) -> None:
+        self._vm.set_memory_region(self._slot, 0, self._ram.size, self._ram.address,
+                                   log_dirty=False)
+
+
+class ShadowDirtyTracker:
+    name = "shadow-compare"
+
+    def __init__(self, ram: GuestRam) -> None:
+        self._ram = ram
+        self._shadow: np.ndarray | None = None
+
+    def _pages(self, array: np.ndarray) -> np.ndarray:
+        return array.view(np.uint64).reshape(self._ram.pages, _WORDS_PER_PAGE)
+
+    def start(self) -> None:
+        self._shadow = self._ram.array.copy()
+        self._ram.take_vmm_dirty()
+
+    def sync(self) -> np.ndarray:
+        assert self._shadow is not None, "sync() before start()"
+        live, shadow = self._pages(self._ram.array), self._pages(self._shadow)
+        dirty = np.zeros(self._ram.pages, dtype=bool)
+        for first in range(0, self._ram.pages, _COMPARE_BLOCK):
+            block = slice(first, first + _COMPARE_BLOCK)
+            changed = (live[block] != shadow[block]).any(axis=1)
+            dirty[block] = changed
+            if changed.any():
+                rows = np.flatnonzero(changed) + first
+                shadow[rows] = live[rows]
+        return dirty | self._ram.take_vmm_dirty()
+
+    def stop(self) -> None:
+        self._shadow = None

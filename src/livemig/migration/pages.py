@@ -1,0 +1,45 @@
+"""Turning a dirty-page mask into stream records, and the reverse checks.
+
+Everything works on runs of pages found with numpy: a pass over 25,000
+dirty pages costs a few dozen Python operations per 4 MiB chunk, never one
+per page.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..memory import PAGE_SIZE, GuestRam
+from .wire import TAG_PAGES, TAG_ZERO, run_record
+
+CHUNK_PAGES = 1024  # 4 MiB: the unit of rate limiting and cancellation checks
+_WORDS = PAGE_SIZE // 8
+
+
+def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start offsets and lengths of the True runs in a bool array."""
+    edges = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
+    starts = np.flatnonzero(edges == 1)
+    return starts, np.flatnonzero(edges == -1) - starts
+
+
+class ChunkRecords:
+    """The records for one chunk of a dirty mask: buffers to gather-send."""
+
+    __slots__ = ("buffers", "nbytes", "normal", "zero")
+
+    def __init__(self, ram: GuestRam, first: int, dirty: np.ndarray) -> None:
+        words = ram.array[first * PAGE_SIZE:(first + len(dirty)) * PAGE_SIZE].view(np.uint64)
+        nonzero = words.reshape(len(dirty), _WORDS).any(axis=1)
+        zero = dirty & ~nonzero
+        normal = dirty & nonzero
+        self.buffers: list[bytes | memoryview] = []
+        for start, count in zip(*runs(zero), strict=True):
+            self.buffers.append(run_record(TAG_ZERO, first + int(start), int(count)))
+        for start, count in zip(*runs(normal), strict=True):
+            page = first + int(start)
+            self.buffers.append(run_record(TAG_PAGES, page, int(count)))
+            self.buffers.append(ram.view[page * PAGE_SIZE:(page + int(count)) * PAGE_SIZE])
+        self.zero = int(zero.sum())
+        self.normal = int(normal.sum())
+        self.nbytes = sum(len(b) for b in self.buffers)

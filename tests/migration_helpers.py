@@ -1,0 +1,88 @@
+"""The reference test's building blocks (wait for a pass, RAM check, end of
+test), written for any QEMU-compatible VMM through the lab."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from conftest import slowdown
+
+from livemig.guest import AB_END, AB_START, PAGE
+from livemig.lab import LabError, Vm, VmLauncher, VmmKind, wait_until
+
+
+def xfail_on_unicorn(request: pytest.FixtureRequest, kind: VmmKind) -> None:
+    """livemig tcg cannot yet stop a guest exactly: Unicorn's emu_stop from
+    another thread can leave an instruction executed with EIP still on it
+    (unicorn-engine/unicorn#1355), so a resumed guest may repeat one store
+    and the RAM check sees one page a step ahead. Visible as xfail until the
+    tcg vCPU gets a precise stop."""
+    if kind.label == "livemig-tcg":
+        request.applymarker(pytest.mark.xfail(
+            reason="tcg stop is not instruction-exact (Unicorn #1355)", strict=False))
+
+
+def start_pair(lab: VmLauncher, kind: VmmKind, uri: str, src_extra: list[str] | None = None,
+               dst_extra: list[str] | None = None) -> tuple[Vm, Vm]:
+    src = lab.start(kind, "src", extra=src_extra)
+    dst = lab.start(kind, "dst", extra=["-incoming", uri, *(dst_extra or [])])
+    return src, dst
+
+
+def migration_status(vm: Vm) -> str:
+    return str(vm.cmd("query-migrate").get("status", "none"))
+
+
+def wait_for_status(vm: Vm, goal: str, timeout: float = 120.0) -> dict:  # type: ignore[type-arg]
+    """Poll query-migrate until ``goal``; 'failed' on the way is a test failure."""
+    def reached() -> dict | None:  # type: ignore[type-arg]
+        info = vm.cmd("query-migrate")
+        assert info.get("status") != "failed", f"{vm.name}: migration failed: {info}"
+        return info if info.get("status") == goal else None
+    return wait_until(reached, timeout, f"{vm.name} migration status {goal}", interval=0.005)
+
+
+def sync_count(vm: Vm) -> int:
+    return int(vm.cmd("query-migrate").get("ram", {}).get("dirty-sync-count", 0))
+
+
+def wait_for_migration_pass(src: Vm, timeout: float = 120.0) -> None:
+    """As the reference: wait for a first dirty sync, then for one more (or STOP)."""
+    def stopped() -> bool:
+        return any(e["event"] == "STOP" for e in src.events)
+    initial = wait_until(lambda: sync_count(src) or stopped(), timeout, "the first dirty sync")
+    wait_until(lambda: sync_count(src) != initial or stopped(), timeout, "another dirty sync")
+
+
+def check_guests_ram(vm: Vm) -> None:
+    """Every page's first byte equals the one before, except one step down by one."""
+    data = np.frombuffer(vm.pmem(AB_START, AB_END - AB_START), dtype=np.uint8)
+    firsts = data[::PAGE]
+    steps = (firsts[:-1].astype(int) - firsts[1:].astype(int)) % 256
+    bad = np.flatnonzero(steps > 1)
+    edges = np.flatnonzero(steps == 1)
+    assert bad.size == 0 and edges.size <= 1, (
+        f"memory inconsistent: {bad.size} bad steps at pages {bad[:5] + AB_START // PAGE}, "
+        f"{edges.size} edges")
+
+
+def migrate_end(src: Vm, dst: Vm, check_dest: bool, kind: VmmKind) -> None:
+    src.quit()
+    if check_dest:
+        first = dst.pmem(AB_START, 1)
+        wait_until(lambda: dst.pmem(AB_START, 1) != first, 60 * slowdown(kind),
+                   "the destination guest to run")
+        dst.cmd("stop")
+        frozen = dst.pmem(AB_START, 1)
+        time.sleep(0.2)  # an observation window, not synchronisation
+        assert dst.pmem(AB_START, 1) == frozen
+        check_guests_ram(dst)
+    dst.quit()
+
+
+def migrate(vm: Vm, uri: str, **extra: object) -> None:
+    answer = vm.raw("migrate", {"uri": uri, **extra})
+    if "error" in answer:
+        raise LabError(f"migrate failed: {answer['error']}")
