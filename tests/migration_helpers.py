@@ -6,22 +6,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
 from conftest import slowdown
 
 from livemig.guest import AB_END, AB_START, PAGE
 from livemig.lab import LabError, Vm, VmLauncher, VmmKind, wait_until
-
-
-def xfail_on_unicorn(request: pytest.FixtureRequest, kind: VmmKind) -> None:
-    """livemig tcg cannot yet stop a guest exactly: Unicorn's emu_stop from
-    another thread can leave an instruction executed with EIP still on it
-    (unicorn-engine/unicorn#1355), so a resumed guest may repeat one store
-    and the RAM check sees one page a step ahead. Visible as xfail until the
-    tcg vCPU gets a precise stop."""
-    if kind.label == "livemig-tcg":
-        request.applymarker(pytest.mark.xfail(
-            reason="tcg stop is not instruction-exact (Unicorn #1355)", strict=False))
 
 
 def start_pair(lab: VmLauncher, kind: VmmKind, uri: str, src_extra: list[str] | None = None,

@@ -3,7 +3,6 @@ same QMP sequence, on livemig tcg, livemig kvm and QEMU."""
 
 from __future__ import annotations
 
-import pytest
 from conftest import slowdown
 from migration_helpers import (
     check_guests_ram,
@@ -13,7 +12,6 @@ from migration_helpers import (
     start_pair,
     wait_for_migration_pass,
     wait_for_status,
-    xfail_on_unicorn,
 )
 
 from livemig.lab import VmLauncher, VmmKind
@@ -24,8 +22,7 @@ def set_parameter(vm, name: str, value: int) -> None:  # type: ignore[no-untyped
     assert vm.cmd("query-migrate-parameters")[name] == value
 
 
-def test_precopy_unix(vmm: VmmKind, lab: VmLauncher, request: pytest.FixtureRequest) -> None:
-    xfail_on_unicorn(request, vmm)
+def test_precopy_unix(vmm: VmmKind, lab: VmLauncher) -> None:
     uri = f"unix:{lab.workdir / 'migsocket'}"
     src, dst = start_pair(lab, vmm, uri)
     slow = slowdown(vmm)
@@ -77,11 +74,9 @@ def test_deprecated(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
     assert params["max-bandwidth"] == 12345
 
 
-def test_ping_pong(vmm_any_accel: VmmKind, lab: VmLauncher,
-                   request: pytest.FixtureRequest) -> None:
+def test_ping_pong(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
     """A→B→A→B: four live migrations of one running guest."""
     kind = vmm_any_accel
-    xfail_on_unicorn(request, kind)
     current = lab.start(kind, "hop0")
     current.wait_serial(b"B", timeout=60)
     for hop in range(1, 5):

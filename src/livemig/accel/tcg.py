@@ -24,6 +24,7 @@ from unicorn import x86_const as X
 from ..devices import IoBus
 from ..errors import AccelError
 from ..memory import GuestRam
+from . import tcg_stop
 from .base import Crashed, Halted, Kicked, RunResult
 from .cpustate import GPR_NAMES, CpuState, Segment
 
@@ -51,10 +52,10 @@ class TcgAccelerator:
         self._bus = bus
         self._kicked = threading.Event()
         self._mode = UC_MODE_16
-        self._uc = self._engine(UC_MODE_16)
+        self._uc, self._stop = self._engine(UC_MODE_16)
         self.set_state(CpuState.boot())
 
-    def _engine(self, mode: int) -> Uc:
+    def _engine(self, mode: int) -> tuple[Uc, tcg_stop.StopControl]:
         """A Unicorn instance on our RAM, with the port and MMIO hooks.
 
         The mode only decides how Unicorn's own API treats registers: in
@@ -72,7 +73,7 @@ class TcgAccelerator:
             uc.hook_add(UC_HOOK_INSN, self._port_out, None, 1, 0, X.UC_X86_INS_OUT)
         except UcError as err:
             raise AccelError(f"tcg: could not set up Unicorn: {err}") from err
-        return uc
+        return uc, tcg_stop.install(uc)
 
     # --- hooks (called on the vCPU thread, inside emu_start) ---------------
     def _port_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
@@ -92,12 +93,13 @@ class TcgAccelerator:
     # --- running -------------------------------------------------------------
     def arm(self) -> None:
         self._kicked.clear()
+        self._stop.requested = 0
 
     def kick(self) -> None:
-        # emu_stop() before emu_start() is forgotten by Unicorn; the machine
-        # therefore repeats kicks until the vCPU thread reports it is idle.
+        # The block hook (tcg_stop) stops at the next block boundary with EIP
+        # exact; the flag also survives until emu_start, so no kick is lost.
         self._kicked.set()
-        self._uc.emu_stop()
+        self._stop.requested = 1
 
     def run(self) -> RunResult:
         if self._kicked.is_set():
@@ -165,7 +167,7 @@ class TcgAccelerator:
     def set_state(self, state: CpuState) -> None:
         mode = UC_MODE_32 if state.protected else UC_MODE_16
         if mode != self._mode:
-            self._uc, self._mode = self._engine(mode), mode
+            (self._uc, self._stop), self._mode = self._engine(mode), mode
         uc = self._uc
         try:
             uc.reg_write(X.UC_X86_REG_GDTR, (0, state.gdt[0], state.gdt[1], 0))

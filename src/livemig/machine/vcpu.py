@@ -2,11 +2,10 @@
 
 Stopping is a handshake. The controller clears ``want_run`` and kicks; the
 vCPU thread, once out of the accelerator, reports ``idle``. Kicks repeat
-until the report arrives, because a kick can land just before the
-accelerator is entered (Unicorn forgets an ``emu_stop`` made before
-``emu_start``). The vCPU thread arms the accelerator (forgets old kicks)
-while holding the same condition the controller uses, so a kick made after
-``want_run`` was cleared can never be lost.
+until the report arrives (a cheap safety net: both accelerators keep a kick
+pending until their next entry). The vCPU thread arms the accelerator
+(forgets old kicks) while holding the same condition the controller uses, so
+a kick made after ``want_run`` was cleared can never be lost.
 """
 
 from __future__ import annotations
