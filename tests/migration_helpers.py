@@ -4,6 +4,7 @@ test), written for any QEMU-compatible VMM through the lab."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 from conftest import slowdown
@@ -12,11 +13,21 @@ from livemig.guest import AB_END, AB_START, PAGE
 from livemig.lab import LabError, Vm, VmLauncher, VmmKind, wait_until
 
 
+def start_dest(lab: VmLauncher, kind: VmmKind, name: str, uri: str,
+               extra: list[str] | None = None) -> Vm:
+    """A destination, returned once its unix socket listens (QEMU opens
+    -incoming only after its QMP socket, so a quick migrate could miss it)."""
+    vm = lab.start(kind, name, extra=["-incoming", uri, *(extra or [])])
+    if uri.startswith("unix:"):
+        path = Path(uri[len("unix:"):])
+        wait_until(path.exists, 30, f"{name}'s incoming socket")
+    return vm
+
+
 def start_pair(lab: VmLauncher, kind: VmmKind, uri: str, src_extra: list[str] | None = None,
                dst_extra: list[str] | None = None) -> tuple[Vm, Vm]:
     src = lab.start(kind, "src", extra=src_extra)
-    dst = lab.start(kind, "dst", extra=["-incoming", uri, *(dst_extra or [])])
-    return src, dst
+    return src, start_dest(lab, kind, "dst", uri, dst_extra)
 
 
 def migration_status(vm: Vm) -> str:

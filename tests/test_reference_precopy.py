@@ -9,6 +9,7 @@ from migration_helpers import (
     migrate,
     migrate_end,
     migration_status,
+    start_dest,
     start_pair,
     wait_for_migration_pass,
     wait_for_status,
@@ -81,7 +82,7 @@ def test_ping_pong(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
     current.wait_serial(b"B", timeout=60)
     for hop in range(1, 5):
         uri = f"unix:{lab.workdir / f'hop{hop}.sock'}"
-        nxt = lab.start(kind, f"hop{hop}", extra=["-incoming", uri])
+        nxt = start_dest(lab, kind, f"hop{hop}", uri)
         current.cmd("migrate-set-parameters", **{"max-bandwidth": 10**10})
         migrate(current, uri)
         wait_for_status(current, "completed")

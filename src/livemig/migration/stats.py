@@ -63,31 +63,29 @@ class JobTimes:
 
 
 class RateLimiter:
-    """max-bandwidth as QEMU applies it: a byte budget per 100 ms window.
+    """max-bandwidth: paces sends so the average rate never exceeds ``limit``.
 
-    ``limit`` may change while a migration runs; 0 means unlimited.
+    Each send of n bytes moves the earliest time of the next send on by
+    n / limit seconds; a send that comes early waits. ``limit`` may change
+    while a migration runs (the reference test relies on it); 0 means
+    unlimited. ``wake`` ends a wait at once (cancel).
     """
-
-    WINDOW = 0.1
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._window_start = time.monotonic()
-        self._used = 0
+        self._next_send = time.monotonic()
         self._cancel = threading.Event()
 
     def wait(self, nbytes: int) -> None:
-        """Account for ``nbytes`` about to be sent; sleep while over budget."""
+        """Sleep until ``nbytes`` may go out without exceeding the limit."""
         if self.limit <= 0:
+            self._next_send = time.monotonic()
             return
         now = time.monotonic()
-        if now - self._window_start >= self.WINDOW:
-            self._window_start, self._used = now, 0
-        budget = self.limit * self.WINDOW
-        if self._used >= budget:
-            self._cancel.wait(self._window_start + self.WINDOW - now)
-            self._window_start, self._used = time.monotonic(), 0
-        self._used += nbytes
+        if self._next_send > now:
+            self._cancel.wait(self._next_send - now)
+            now = time.monotonic()
+        self._next_send = max(self._next_send, now) + nbytes / self.limit
 
     def wake(self) -> None:
         self._cancel.set()
