@@ -79,6 +79,8 @@ def _slow_migration(lab: VmLauncher, kind: VmmKind, name: str) -> tuple[Vm, Vm]:
         next(v for v in lab.vms if v.name == "src")
     uri = f"unix:{lab.workdir / (name + '.sock')}"
     dst = start_dest(lab, kind, name, uri)
+    # ~99 MiB of non-zero pages: at 8 MiB/s the job cannot finish under the test.
+    src.wait_serial(b"B", timeout=60)
     src.cmd("migrate-set-parameters", **{"max-bandwidth": 8 << 20})
     migrate(src, uri)
     wait_until(lambda: src.cmd("query-migrate").get("ram", {}).get("transferred", 0) > 1 << 20,
@@ -129,6 +131,7 @@ def test_bandwidth_limit_is_honoured(vmm_any_accel: VmmKind, lab: VmLauncher) ->
     elapsed = time.monotonic() - started
     assert info["ram"]["normal"] >= 25344
     assert 1.4 <= elapsed < 10, elapsed
+    wait_for_status(dst, "completed")
     assert dst.status() == "paused"     # the source was paused, so the destination stays so
 
 

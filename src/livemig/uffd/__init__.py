@@ -1,0 +1,5 @@
+"""Thin bindings for userfaultfd (missing and write-protect modes) and PAGEMAP_SCAN."""
+
+from .fd import Userfaultfd, probe_wp_async
+
+__all__ = ["Userfaultfd", "probe_wp_async"]
