@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 from conftest import slowdown
 
-from livemig.guest import AB_END, AB_START, PAGE
+from livemig.guest import AB_START
 from livemig.lab import LabError, Vm, VmLauncher, VmmKind, wait_until
+from livemig.lab.checks import check_ab_ram
 
 
 def start_dest(lab: VmLauncher, kind: VmmKind, name: str, uri: str,
@@ -56,15 +56,9 @@ def wait_for_migration_pass(src: Vm, timeout: float = 120.0) -> None:
 
 
 def check_guests_ram(vm: Vm) -> None:
-    """Every page's first byte equals the one before, except one step down by one."""
-    data = np.frombuffer(vm.pmem(AB_START, AB_END - AB_START), dtype=np.uint8)
-    firsts = data[::PAGE]
-    steps = (firsts[:-1].astype(int) - firsts[1:].astype(int)) % 256
-    bad = np.flatnonzero(steps > 1)
-    edges = np.flatnonzero(steps == 1)
-    assert bad.size == 0 and edges.size <= 1, (
-        f"memory inconsistent: {bad.size} bad steps at pages {bad[:5] + AB_START // PAGE}, "
-        f"{edges.size} edges")
+    """The reference test's RAM check (see livemig.lab.checks)."""
+    result = check_ab_ram(vm)
+    assert result.ok, result.describe()
 
 
 def migrate_end(src: Vm, dst: Vm, check_dest: bool, kind: VmmKind) -> None:

@@ -15,9 +15,10 @@ def _cmd_guest(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ..lab.demo import boot_demo
+    from ..lab.migration_demo import DemoOptions, migration_demo
 
-    return boot_demo(accel=args.accel, ram=args.ram, seconds=args.seconds)
+    return migration_demo(DemoOptions(accel=args.accel, ram=args.ram, bandwidth=args.bandwidth,
+                                      downtime_ms=args.downtime, transport=args.transport))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,11 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     guest.add_argument("--output", "-o", required=True, help="file to write")
     guest.set_defaults(func=_cmd_guest)
 
-    demo = sub.add_parser("demo", help="run the demo on the built-in guest")
+    demo = sub.add_parser(
+        "demo", help="live-migrate the built-in guest between two livemig VMs",
+        description="Start two livemig VMs on the built-in guest, live-migrate the running "
+                    "guest from one to the other with a progress bar, print the result as "
+                    "QEMU's 'info migrate' does, and check the destination's RAM.")
     demo.add_argument("--accel", default="tcg", choices=["tcg", "kvm"],
-                      help="accelerator (default tcg, as QEMU's default)")
-    demo.add_argument("--ram", default="150M", help="guest RAM (default 150M)")
-    demo.add_argument("--seconds", type=float, default=3.0, help="how long to watch")
+                      help="accelerator for both VMs (default tcg, as QEMU's default)")
+    demo.add_argument("--ram", default="150M", help="guest RAM, QEMU syntax (default 150M)")
+    demo.add_argument("--bandwidth", type=int, default=1_000_000_000,
+                      help="max-bandwidth in bytes/s (default 1e9)")
+    demo.add_argument("--downtime", type=int, default=300,
+                      help="downtime-limit in ms (default 300, QEMU's default)")
+    demo.add_argument("--transport", default="unix", choices=["unix", "tcp"],
+                      help="migration channel (default unix)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

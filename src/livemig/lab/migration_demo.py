@@ -1,0 +1,157 @@
+"""``livemig demo``: a live precopy migration of the built-in guest.
+
+Two livemig processes, driven only by their command lines and QMP exactly
+as QEMU would be: the destination waits with ``-incoming``, the source is
+told to ``migrate``, and ``query-migrate`` is polled for the progress bar.
+Afterwards the destination's RAM is checked against the guest's invariant
+and shown to keep running.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..guest import AB_START
+from .checks import check_ab_ram
+from .vmm import LIVEMIG_BINARY, LabError, Vm, VmLauncher, VmmKind, find_binary, wait_until
+
+MiB = 1 << 20
+
+
+@dataclass
+class DemoOptions:
+    accel: str = "tcg"
+    ram: str = "150M"
+    bandwidth: int = 1_000_000_000      # bytes/s (QEMU's max-bandwidth)
+    downtime_ms: int = 300              # QEMU's downtime-limit
+    transport: str = "unix"             # unix | tcp
+
+
+def info_migrate(info: dict[str, Any]) -> Table:
+    """query-migrate laid out as QEMU's HMP ``info migrate`` lays it out."""
+    ram = info.get("ram", {})
+    table = Table(title="info migrate", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("Migration status", info.get("status", "none")),
+        ("total time", f"{info.get('total-time', 0)} ms"),
+        ("downtime", f"{info.get('downtime', 0)} ms"),
+        ("setup", f"{info.get('setup-time', 0)} ms"),
+        ("transferred ram", f"{ram.get('transferred', 0) // 1024} kbytes"),
+        ("throughput", f"{ram.get('mbps', 0):.2f} mbps"),
+        ("remaining ram", f"{ram.get('remaining', 0) // 1024} kbytes"),
+        ("total ram", f"{ram.get('total', 0) // 1024} kbytes"),
+        ("duplicate", f"{ram.get('duplicate', 0)} pages"),
+        ("normal", f"{ram.get('normal', 0)} pages"),
+        ("normal bytes", f"{ram.get('normal-bytes', 0) // 1024} kbytes"),
+        ("dirty sync count", str(ram.get("dirty-sync-count", 0))),
+        ("page size", f"{ram.get('page-size', 4096) // 1024} kbytes"),
+        ("precopy ram", f"{ram.get('precopy-bytes', 0) // 1024} kbytes"),
+        ("downtime ram", f"{ram.get('downtime-bytes', 0) // 1024} kbytes"),
+    ]
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table
+
+
+def _incoming_uri(lab: VmLauncher, transport: str) -> str:
+    if transport == "tcp":
+        return "tcp:127.0.0.1:0"
+    return f"unix:{lab.workdir / 'migration.sock'}"
+
+
+def _source_uri(dst: Vm, transport: str, incoming: str) -> str:
+    if transport != "tcp":
+        return incoming
+    address = wait_until(lambda: dst.cmd("query-migrate").get("socket-address"), 30,
+                         "the destination to listen")
+    return f"tcp:127.0.0.1:{address[0]['port']}"
+
+
+def _watch(src: Vm, console: Console) -> dict[str, Any]:
+    """A progress bar fed by query-migrate until the job ends."""
+    columns = (TextColumn("[bold]{task.fields[status]:>9}"), BarColumn(),
+               TextColumn("{task.fields[moved]:>8} moved, {task.fields[left]:>8} left"),
+               TextColumn("pass {task.fields[sync]}"),
+               TextColumn("dirty {task.fields[rate]}/s"),
+               TextColumn("{task.fields[mbps]} Mb/s"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("migrate", total=1.0, status="setup", moved="0", left="?",
+                                 sync=0, rate="0", mbps="0")
+        while True:
+            info = src.cmd("query-migrate")
+            ram = info.get("ram", {})
+            moved, left = ram.get("transferred", 0), ram.get("remaining", 0)
+            done = moved / (moved + left) if moved + left else 0.0
+            progress.update(task, completed=done if info["status"] != "completed" else 1.0,
+                            status=info["status"], moved=f"{moved / MiB:.0f} MiB",
+                            left=f"{left / MiB:.0f} MiB", sync=ram.get("dirty-sync-count", 0),
+                            rate=f"{ram.get('dirty-pages-rate', 0)}p",
+                            mbps=f"{ram.get('mbps', 0):.0f}")
+            if info["status"] in ("completed", "failed", "cancelled"):
+                return info
+            time.sleep(0.05)
+
+
+def migration_demo(options: DemoOptions, console: Console | None = None,
+                   workdir: Path | None = None) -> int:
+    console = console or Console()
+    binary = find_binary(LIVEMIG_BINARY)
+    if binary is None:
+        console.print(f"[red]{LIVEMIG_BINARY} is not installed[/red]")
+        return 1
+    kind = VmmKind(f"livemig-{options.accel}", binary, options.accel)
+    lab = VmLauncher(workdir)
+    try:
+        incoming = _incoming_uri(lab, options.transport)
+        console.print(f"[bold]livemig live migration demo[/bold]: built-in guest, "
+                      f"{options.ram} RAM, {options.accel}, {options.transport} transport")
+        src = lab.start(kind, "source", ram=options.ram)
+        dst = lab.start(kind, "destination", ram=options.ram, extra=["-incoming", incoming])
+        console.print(f"destination waits in run state [cyan]{dst.status()}[/cyan]")
+        with console.status("source guest booting: waiting for its first 'B'"):
+            src.wait_serial(b"B", timeout=120 if options.accel == "tcg" else 300)
+        console.print(f"source serial: {src.serial().decode()[:40]}  (run state "
+                      f"{src.status()})")
+        src.cmd("migrate-set-capabilities", capabilities=[{"capability": "events",
+                                                           "state": True}])
+        src.cmd("migrate-set-parameters", **{"max-bandwidth": options.bandwidth,
+                                             "downtime-limit": options.downtime_ms})
+        src.cmd("migrate", uri=_source_uri(dst, options.transport, incoming))
+        info = _watch(src, console)
+        console.print(info_migrate(info))
+        if info["status"] != "completed":
+            console.print(f"[red]migration {info['status']}: {info.get('error-desc', '')}[/red]")
+            return 1
+        dst.wait_event("RESUME", timeout=60)
+        console.print(f"source is now [cyan]{src.status()}[/cyan], destination "
+                      f"[cyan]{dst.status()}[/cyan]")
+        before = len(dst.serial())
+        with console.status("destination running: waiting for its next 'B'"):
+            dst.wait_serial(b"B", timeout=120 if options.accel == "tcg" else 300)
+        console.print(f"destination serial keeps going: {dst.serial().decode()[:40]} "
+                      f"({len(dst.serial()) - before} new)")
+        dst.cmd("stop")
+        result = check_ab_ram(dst)
+        colour = "green" if result.ok else "red"
+        console.print(f"destination RAM check: [{colour}]{result.describe()}[/{colour}]")
+        byte = dst.pmem(AB_START, 1)
+        dst.cmd("cont")
+        wait_until(lambda: dst.pmem(AB_START, 1) != byte, 60, "the guest to run on")
+        console.print("destination guest resumed and keeps writing: [green]OK[/green]")
+        src.quit()
+        dst.quit()
+        return 0 if result.ok else 1
+    except LabError as err:
+        console.print(f"[red]demo failed: {err}[/red]")
+        return 1
+    finally:
+        lab.close()
