@@ -1,0 +1,115 @@
+"""Precopy migration, livemig against QEMU on the same guest.
+
+    python benchmarks/bench_migration.py [--runs N] [--accel tcg kvm] [--idle-ram 2G]
+
+1. The built-in guest (running), 150 MiB RAM, unix socket, max-bandwidth
+   above what the link can do, default downtime-limit (300 ms): medians of
+   total-time, downtime, setup-time, ram.transferred and mbps.
+2. An idle guest (never started, -S) whose RAM is all non-zero (filled with
+   qtest ``memset``), for raw throughput: MB/s = transferred / total-time.
+
+livemig and QEMU run in turn; the ratio column is livemig / QEMU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import accelerators, alternate, console, kinds, report
+
+from livemig.lab import QtestClient, VmLauncher, VmmKind, qtest_listener, wait_until
+from livemig.lab.checks import check_ab_ram
+
+LINK_PLUS = 100_000_000_000  # bytes/s: "higher than the link"
+
+
+def _migrate(src, dst, uri: str) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    src.cmd("migrate-set-parameters", **{"max-bandwidth": LINK_PLUS})
+    started = time.perf_counter()
+    src.cmd("migrate", uri=uri)
+    info = wait_until(lambda: (i := src.cmd("query-migrate"))["status"] in
+                      ("completed", "failed") and i, 600, "the migration", interval=0.005)
+    if info["status"] != "completed":
+        raise SystemExit(f"{src.kind.label}: migration failed: {info.get('error-desc')}")
+    info["wall"] = time.perf_counter() - started
+    wait_until(lambda: dst.cmd("query-migrate").get("status") == "completed", 120,
+               "the destination")
+    return info
+
+
+def running_guest(kind: VmmKind, lab: VmLauncher) -> dict[str, float]:
+    uri = f"unix:{lab.workdir / 'bench.sock'}"
+    src = lab.start(kind, "bsrc")
+    dst = lab.start(kind, "bdst", extra=["-incoming", uri])
+    wait_until((lab.workdir / "bench.sock").exists, 30, "the destination socket")
+    try:
+        src.wait_serial(b"B", timeout=300)
+        info = _migrate(src, dst, uri)
+        dst.cmd("stop")
+        if not check_ab_ram(dst).ok:
+            raise SystemExit(f"{kind.label}: destination RAM inconsistent")
+        ram = info["ram"]
+        return {"total-time": info["total-time"], "downtime": info["downtime"],
+                "setup-time": info["setup-time"], "transferred": ram["transferred"] / 2**20,
+                "mbps": ram["mbps"]}
+    finally:
+        src.kill()
+        dst.kill()
+
+
+def idle_guest(kind: VmmKind, lab: VmLauncher, ram: str, size: int) -> dict[str, float]:
+    uri = f"unix:{lab.workdir / 'idle.sock'}"
+    qtest_path = lab.workdir / "idle.qtest"
+    listener = qtest_listener(qtest_path)
+    src = lab.start(kind, "isrc", ram=ram, boot=False, extra=["-S", "-qtest", f"unix:{qtest_path}"])
+    listener.settimeout(60)
+    conn, _ = listener.accept()
+    qtest = QtestClient(conn)
+    dst = lab.start(kind, "idst", ram=ram, boot=False, extra=["-incoming", uri])
+    wait_until((lab.workdir / "idle.sock").exists, 30, "the destination socket")
+    try:
+        answer = qtest.command(f"memset 0 {size} 0x5a")
+        if answer != "OK":
+            raise SystemExit(f"{kind.label}: qtest memset: {answer}")
+        info = _migrate(src, dst, uri)
+        transferred = info["ram"]["transferred"]
+        return {"total-time": info["total-time"], "MB/s": transferred / 1e6 /
+                (info["total-time"] / 1000), "mbps": info["ram"]["mbps"]}
+    finally:
+        qtest.close()
+        src.kill()
+        dst.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--accel", nargs="+", default=["tcg", "kvm"])
+    parser.add_argument("--idle-ram", default="2G")
+    parser.add_argument("--idle-runs", type=int, default=3)
+    args = parser.parse_args()
+    lab = VmLauncher()
+    units = {"total-time": "ms", "downtime": "ms", "setup-time": "ms", "transferred": "MiB",
+             "mbps": "Mb/s"}
+    try:
+        for accel in accelerators(args.accel):
+            ours, theirs = kinds(accel)
+            a, b = alternate(args.runs, lambda k=ours: running_guest(k, lab),
+                             (lambda k=theirs: running_guest(k, lab)) if theirs else None)
+            report(f"precopy, running built-in guest, 150 MiB, unix ({accel})", a, b, units)
+        ours, theirs = kinds("tcg")
+        size = int(args.idle_ram.rstrip("G")) << 30
+        a, b = alternate(args.idle_runs,
+                         lambda: idle_guest(ours, lab, args.idle_ram, size),
+                         (lambda: idle_guest(theirs, lab, args.idle_ram, size)) if theirs else None)
+        report(f"precopy, idle guest with {args.idle_ram} of non-zero RAM, unix", a, b,
+               {"total-time": "ms", "MB/s": "MB/s", "mbps": "Mb/s"})
+    finally:
+        lab.close()
+    console.print("ratio = livemig / QEMU: below 1 is better for times and bytes, "
+                  "above 1 is better for throughput")
+
+
+if __name__ == "__main__":
+    main()
