@@ -98,6 +98,8 @@ def main() -> None:
             a, b = alternate(args.runs, lambda k=ours: running_guest(k, lab),
                              (lambda k=theirs: running_guest(k, lab)) if theirs else None)
             report(f"precopy, running built-in guest, 150 MiB, unix ({accel})", a, b, units)
+        if args.idle_runs <= 0:
+            return
         ours, theirs = kinds("tcg")
         size = int(args.idle_ram.rstrip("G")) << 30
         a, b = alternate(args.idle_runs,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,49 @@ def test_guest_image_matches_source(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "cli.img").read_bytes() == out.read_bytes()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("accel", ["tcg", "kvm"])
+def test_halted_guest_does_not_burn_a_core(lab, accel: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """cli; hlt: the vCPU parks itself; the process stays (nearly) idle."""
+    from conftest import KVM_PROBLEM
+
+    from livemig.lab import VmmKind
+
+    if accel == "kvm" and KVM_PROBLEM is not None:
+        pytest.skip(f"KVM unusable: {KVM_PROBLEM}")
+    image = tmp_path / "hlt.img"
+    code = bytes([0xFA, 0xF4, 0xEB, 0xFD])  # cli; hlt; jmp back to hlt
+    image.write_bytes(code + bytes(510 - len(code)) + b"\x55\xaa")
+    vm = lab.start(VmmKind(f"livemig-{accel}", str(LIVEMIG), accel), "halt", boot=False,
+                   extra=["-drive", f"file={image},format=raw"])
+    assert vm.cmd("query-status")["running"] is True
+    before = _cpu_seconds(vm.process.pid)
+    time.sleep(1.0)  # an observation window
+    assert _cpu_seconds(vm.process.pid) - before < 0.3
+    vm.cmd("system_reset")  # a reset wakes it, and it halts again
+    vm.wait_event("RESET")
+    assert vm.quit() == 0
+
+
+def test_daemonize_and_pidfile(tmp_path: Path) -> None:
+    pidfile, qmp = tmp_path / "vm.pid", tmp_path / "vm.qmp"
+    result = subprocess.run([str(LIVEMIG), "-display", "none", "-nodefaults", "-daemonize",
+                             "-pidfile", str(pidfile),
+                             "-qmp", f"unix:{qmp},server=on,wait=off"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    pid = int(pidfile.read_text())
+    try:
+        assert os.path.exists(f"/proc/{pid}") and qmp.exists()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pidfile.exists()  # removed on the way out

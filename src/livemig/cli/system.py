@@ -217,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 1
     if _DAEMON_PIPE:
+        # Start-up succeeded: detach stderr too (errors so far went to the
+        # caller), then let the parent exit 0.
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
         os.write(_DAEMON_PIPE[0], b"1")
         os.close(_DAEMON_PIPE[0])
     try:
