@@ -1,0 +1,99 @@
+"""Unit tests of the pure pieces: parsers, codecs, device models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from livemig.accel.cpustate import CpuState, Segment
+from livemig.chardev.spec import options_from_chardev_arg, options_from_short, split_options
+from livemig.cli.options import parse
+from livemig.cli.sizes import parse_size
+from livemig.devices import Uart16550
+from livemig.errors import AccelError, ConfigError, DeviceError, QmpError
+from livemig.migration.pages import runs
+from livemig.qmp.jsonstream import JsonSplitter, ParseError
+from livemig.qmp.schema import check_arguments
+
+
+def _values(chunks: list[bytes]) -> list[object]:
+    splitter = JsonSplitter()
+    return [v for chunk in chunks for v in splitter.feed(chunk)]
+
+
+def test_json_splitter_handles_framing_quotes_and_errors() -> None:
+    assert _values([b'{"a": 1}{"b"', b': "}{"}  [1, 2]']) == [{"a": 1}, {"b": "}{"}, [1, 2]]
+    assert _values([b"{'execute': 'x', 'q': 'it\\'s \"ok\"'}"]) == \
+        [{"execute": "x", "q": 'it\'s "ok"'}]
+    bad = _values([b"{bad} 123 }"])
+    assert isinstance(bad[0], ParseError) and bad[1] == 123 and isinstance(bad[2], ParseError)
+
+
+def test_schema_messages_match_qemu() -> None:
+    schema = {"uri": "str", "*n": "int", "*caps": [{"capability": "str", "state": "bool"}]}
+    with pytest.raises(QmpError, match="Parameter 'uri' is missing"):
+        check_arguments(schema, {})
+    with pytest.raises(QmpError, match="Parameter 'x' is unexpected"):
+        check_arguments(schema, {"uri": "u", "x": 1})
+    with pytest.raises(QmpError, match="expected: integer"):
+        check_arguments(schema, {"uri": "u", "n": True})
+    with pytest.raises(QmpError, match="expected: boolean"):
+        check_arguments(schema, {"uri": "u", "caps": [{"capability": "c", "state": 1}]})
+    assert check_arguments({"v": "uint64"}, {"v": -1}) == {"v": 2**64 - 1}
+
+
+@pytest.mark.parametrize(("text", "size"), [("150M", 150 << 20), ("1G", 1 << 30),
+                                             ("512", 512), ("1.5k", 1536), ("0x10", 16)])
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_command_line_rules() -> None:
+    opts = parse(["-machine", "accel=qtest", "-machine", "accel=kvm:tcg", "-m", "150"])
+    assert opts.accelerators == ["kvm", "tcg"] and opts.ram_size == 150 << 20
+    assert parse(["-enable-kvm", "-machine", "accel=tcg"]).accelerators == ["kvm"]
+    assert parse([]).accelerators == ["tcg"]
+    assert parse(["-name", "guest=vm1,debug-threads=on"]).name == "vm1"
+    with pytest.raises(ConfigError, match="invalid option"):
+        parse(["-bogus"])
+
+
+def test_chardev_spellings() -> None:
+    assert split_options("path=/a,,b,server") == ["path=/a,b", "server"]
+    opts = options_from_chardev_arg("socket,path=/tmp/q,nowait,id=char0,server")
+    assert opts == {"backend": "socket", "path": "/tmp/q", "wait": "off", "id": "char0",
+                    "server": "on"}
+    assert options_from_short("tcp:[::1]:4444,server=on", "x")["host"] == "::1"
+    assert options_from_short("file:/tmp/s", "serial0")["path"] == "/tmp/s"
+
+
+def test_uart_state_round_trip_and_output() -> None:
+    out: list[bytes] = []
+    uart = Uart16550(out.append)
+    uart.write(3, 1, 0x83)   # DLAB on
+    uart.write(0, 1, 0x01)   # divisor low
+    uart.write(3, 1, 0x03)   # DLAB off, 8N1
+    uart.write(0, 1, ord("A"))
+    assert out == [b"A"] and uart.read(5, 1) & 0x60 == 0x60
+    copy = Uart16550(out.append)
+    copy.load_state(uart.state())
+    assert copy.state() == uart.state()
+    with pytest.raises(DeviceError):
+        copy.load_state({"ier": "x"})
+
+
+def test_descriptor_decoding_and_cpu_state() -> None:
+    flat_code = Segment.from_descriptor(0x08, 0x00CF9A000000FFFF)
+    assert (flat_code.base, flat_code.limit, flat_code.type, flat_code.db, flat_code.g) == \
+        (0, 0xFFFFFFFF, 0xA, 1, 1)
+    state = CpuState.boot()
+    assert CpuState.from_dict(state.to_dict()) == state
+    with pytest.raises(AccelError):
+        CpuState.from_dict({"gprs": {}})
+
+
+def test_runs_of_pages() -> None:
+    mask = np.array([0, 1, 1, 0, 1, 0, 0, 1], dtype=bool)
+    starts, lengths = runs(mask)
+    assert starts.tolist() == [1, 4, 7] and lengths.tolist() == [2, 1, 1]
+    assert runs(np.zeros(4, dtype=bool))[0].size == 0
