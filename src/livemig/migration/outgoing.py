@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LivemigError, MigrationError
+from ..errors import LivemigError
 from ..machine import Machine, RunState
 from ..memory import PAGE_SIZE
 from .channel import Channel, connect
@@ -34,6 +34,13 @@ def machine_description(machine: Machine) -> dict[str, Any]:
     """What both sides must agree on, independent of the accelerator."""
     return {"machine": "pc", "ram-size": machine.ram.size, "vcpus": 1,
             "devices": sorted(dev.name for dev in machine.bus.devices)}
+
+
+def _describe(err: Exception) -> str:
+    """error-desc for query-migrate, in QEMU's wording for socket errors."""
+    if isinstance(err, OSError) and not isinstance(err, LivemigError):
+        return f"Unable to write to socket: {err.strerror or err}"
+    return str(err)
 
 
 class OutgoingMigration:
@@ -114,9 +121,7 @@ class OutgoingMigration:
             if self._cancel.is_set():
                 self._finish("cancelled")
             else:
-                self.error = str(err) if isinstance(err, LivemigError) else \
-                    f"Unable to write to socket: {err.strerror or err}" \
-                    if isinstance(err, OSError) else str(err)
+                self.error = _describe(err)
                 log.warning("migration failed: %s", self.error)
                 self._finish("failed")
         finally:
@@ -234,6 +239,3 @@ class OutgoingMigration:
             info["ram"] = self.stats.to_qmp()
         return info
 
-
-class MigrationBusy(MigrationError):
-    pass

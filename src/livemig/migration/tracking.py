@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import UffdError
 from ..machine import Machine
 from ..memory.dirty import (
     DirtyTracker,
@@ -33,5 +32,3 @@ def tracker_for(machine: Machine) -> DirtyTracker:
                 "comparing RAM with a copy", problem)
     return ShadowDirtyTracker(machine.ram)
 
-
-__all__ = ["UffdError", "tracker_for"]
