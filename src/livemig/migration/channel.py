@@ -49,22 +49,23 @@ class Channel:
         """Write every buffer, in order; gathered into few system calls."""
         total = 0
         pending = [memoryview(b).cast("B") for b in buffers if len(b)]
-        while pending:
-            batch = pending[:IOV_MAX]
+        first = 0  # pending[:first] has gone out
+        while first < len(pending):
+            batch = pending[first:first + IOV_MAX]
             if self.sock is not None:
                 sent = self.sock.sendmsg(batch)
             else:
                 assert self._wfd is not None
                 sent = os.writev(self._wfd, batch)
             total += sent
-            # Drop what went out; keep the tail of a partly sent buffer.
-            while sent and pending:
-                head = pending[0]
+            # Step past what went out; keep the tail of a partly sent buffer.
+            while sent:
+                head = pending[first]
                 if sent >= len(head):
                     sent -= len(head)
-                    pending.pop(0)
+                    first += 1
                 else:
-                    pending[0] = head[sent:]
+                    pending[first] = head[sent:]
                     sent = 0
         return total
 
@@ -86,7 +87,24 @@ class Channel:
         self.recv_into(memoryview(buf))
         return bytes(buf)
 
+    def abort(self) -> None:
+        """Make a transfer blocked on this channel fail, from any thread.
+
+        The descriptor stays open: closing it under a thread that is inside
+        sendmsg/recv_into could let an unrelated open() reuse its number.
+        The thread that owns the channel closes it. A plain ``fd:`` pipe
+        cannot be woken this way; its job sees the cancel between chunks.
+        """
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._process is not None:
+            self._process.kill()  # the pipe's writer then gets EPIPE
+
     def close(self) -> None:
+        """Release the channel (by the thread that uses it)."""
         if self.sock is not None:
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)

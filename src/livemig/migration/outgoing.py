@@ -22,8 +22,7 @@ from .wire import TAG_END, TAG_STATE, TAG_SYNC, Header, blob_record, run_record
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATES = ("setup", "active", "cancelling", "device", "postcopy-active",
-                 "postcopy-paused", "postcopy-recover")
+ACTIVE_STATES = ("setup", "active", "cancelling")
 
 
 class Cancelled(Exception):
@@ -60,7 +59,6 @@ class OutgoingMigration:
         self._cancel = threading.Event()
         self._channel: Channel | None = None
         self._stopped_guest = False
-        self._was_running = False
         self._thread = threading.Thread(target=self._run, name="live_migration", daemon=True)
 
     # --- control (any thread) ---------------------------------------------------
@@ -79,7 +77,7 @@ class OutgoingMigration:
         self._cancel.set()
         self.limiter.wake()
         if self._channel is not None:
-            self._channel.close()
+            self._channel.abort()  # the job thread closes it
 
     def parameters_changed(self) -> None:
         self.limiter.limit = self.settings.params["max-bandwidth"]
@@ -194,8 +192,8 @@ class OutgoingMigration:
         the last sync, not yet sent) plus whatever was written since."""
         machine = self.machine
         with machine.lock:
-            self._was_running = machine.running
-            if self._was_running:
+            was_running = machine.running
+            if was_running:
                 machine.stop(RunState.FINISH_MIGRATE)
                 self._stopped_guest = True
             else:
@@ -205,7 +203,7 @@ class OutgoingMigration:
         self._synced()
         self._send_pages(dirty, limited=False)
         state = {"cpu": machine.save_cpu_state(), "devices": machine.save_device_states(),
-                 "running": self._was_running}
+                 "running": was_running}
         self._send([blob_record(TAG_STATE, state), bytes([TAG_END])], precopy=False)
         self.stats.remaining = 0
         self.times.downtime_ms = int((time.monotonic() - stopped_at) * 1000)
