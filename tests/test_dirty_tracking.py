@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from conftest import KVM_PROBLEM
 
-from livemig.guest import image
+from livemig.guest import AB_END, AB_START, image
+from livemig.lab import wait_until
 from livemig.machine import Machine, MachineConfig
 from livemig.memory.dirty import KvmDirtyTracker, ShadowDirtyTracker, UffdWpDirtyTracker
 from livemig.uffd import probe_wp_async
@@ -25,6 +26,17 @@ UFFD_PROBLEM = probe_wp_async()
 def _machine(accel: str) -> Machine:
     config = MachineConfig(ram_size=150 << 20, accelerators=[accel], boot_sector=image("ab"))
     return Machine(config, lambda _b: None, lambda _n, _d: None, sys.exit)
+
+
+def _first_bytes(machine: Machine) -> np.ndarray:
+    return machine.ram.array[AB_START:AB_END:4096].copy()
+
+
+def _start_walking(machine: Machine) -> None:
+    """Start the guest and return once its page walk is under way."""
+    machine.start()
+    before = machine.ram.view[AB_START]
+    wait_until(lambda: machine.ram.view[AB_START] != before, 60, "the guest to write")
 
 
 def _tracker(kind: str, machine: Machine):  # type: ignore[no-untyped-def]
@@ -46,23 +58,26 @@ def _tracker(kind: str, machine: Machine):  # type: ignore[no-untyped-def]
 def test_tracker_misses_nothing(kind: str, accel: str) -> None:
     machine = _machine(accel)
     try:
-        machine.start()
-        time.sleep(0.5)
+        _start_walking(machine)
         tracker = _tracker(kind, machine)
         tracker.start()
         live = machine.ram.array.reshape(-1, 4096)
         copy = live.copy()
+        reported = 0
         for round_ in range(6):
             dirty = tracker.sync()
+            reported += int(dirty.sum())
             copy[dirty] = live[dirty]
-            time.sleep(0.02 * round_)
+            time.sleep(0.02 * round_)  # let the guest write between syncs
         machine.ram.write(64 << 20, b"written by the VMM")  # qtest-style write
         machine.stop()
         dirty = tracker.sync()
         copy[dirty] = live[dirty]
         tracker.stop()
+        reported += int(dirty.sum())
         assert not (copy != live).any(axis=1).any()
         assert dirty[(64 << 20) >> 12]
+        assert reported > 1000, "the guest wrote too little for the check to mean anything"
     finally:
         machine.close()
 
@@ -71,14 +86,18 @@ def test_vcpu_stop_is_exact_on_tcg() -> None:
     """Stop/resume must never repeat or skip a guest instruction."""
     machine = _machine("tcg")
     try:
-        machine.start()
-        time.sleep(0.3)
+        _start_walking(machine)
+        progressed = 0
         for _ in range(20):
+            before = _first_bytes(machine)
+            wait_until(lambda b=before: (_first_bytes(machine) != b).any(), 30,
+                       "the guest to write between stops")
             machine.stop()
-            firsts = machine.ram.array[1 << 20:100 << 20:4096].astype(int)
+            firsts = _first_bytes(machine).astype(int)
+            progressed += int(np.count_nonzero(firsts != before))
             steps = (firsts[:-1] - firsts[1:]) % 256
             assert np.count_nonzero(steps > 1) == 0 and np.count_nonzero(steps == 1) <= 1
             machine.cont()
-            time.sleep(0.02)
+        assert progressed > 20  # each stop really interrupted a running walk
     finally:
         machine.close()
