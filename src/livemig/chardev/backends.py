@@ -117,7 +117,6 @@ class SocketServerChardev(Chardev):
             self._sock.close()
             where = path if path is not None else f"{host}:{port}"
             raise ChardevError(f"Failed to bind socket to {where}: {err.strerror}") from err
-        self._wait = wait
         self._clients: list[Stream] = []
         self._lock = threading.Lock()
         self._first: socket.socket | None = None

@@ -34,10 +34,6 @@ class SystemControlPortA:
         if value & FAST_RESET:
             self._request_reset()
 
-    @property
-    def a20_enabled(self) -> bool:
-        return bool(self.value & A20_ENABLE)
-
     def state(self) -> dict[str, Any]:
         return {"value": self.value}
 

@@ -69,7 +69,6 @@ class Machine:
         self.runstate = RunState.PRELAUNCH
         self.autostart = not config.start_paused
         self.shutdown_requested = threading.Event()
-        self.shutdown_reason = ""
         self.exit_code = 0
 
     # --- boot ----------------------------------------------------------------
@@ -195,7 +194,6 @@ class Machine:
 
     def request_shutdown(self, reason: str, guest: bool = False) -> None:
         """Ask the main loop to end the process, after a SHUTDOWN event."""
-        self.shutdown_reason = reason
         self._emit("SHUTDOWN", {"guest": guest, "reason": reason})
         self.shutdown_requested.set()
 

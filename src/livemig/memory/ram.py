@@ -26,14 +26,12 @@ PAGE_SHIFT = 12
 PROT_READ, PROT_WRITE = 0x1, 0x2
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x02, 0x20, 0x4000
 MAP_FAILED = ctypes.c_void_p(-1).value
-MADV_DONTNEED = 4
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                        ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 class GuestRam:
@@ -112,12 +110,6 @@ class GuestRam:
             taken = np.frombuffer(bytes(self._vmm_dirty), dtype=np.uint8).astype(bool)
             self._vmm_dirty[:] = bytes(self.pages)
         return taken
-
-    def discard(self) -> None:
-        """Give every page back to the kernel (reads as zero afterwards)."""
-        if _libc.madvise(self.address, self.size, MADV_DONTNEED) != 0:
-            code = ctypes.get_errno()
-            raise BootError(f"madvise(MADV_DONTNEED) failed: {os.strerror(code)}")
 
     def close(self) -> None:
         if not self.address:
