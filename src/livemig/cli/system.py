@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -96,8 +97,12 @@ class System:
         self.qmp.migration = self.migration
         if opts.incoming is not None:
             self.migration.listen(opts.incoming, start=False)
-        self._start_monitors()
-        self._start_qtest()
+        # Chardevs are opened now (bind/connect errors are start-up errors)
+        # but served only from run(), once the run state is settled: a client
+        # must never see the transient "prelaunch" of a VM that autostarts.
+        self._servers: list[tuple[chardevs.Chardev, Callable[[chardevs.Stream], None]]] = []
+        self._open_monitors()
+        self._open_qtest()
 
     # --- construction helpers --------------------------------------------------
     def _add_chardev(self, spec: dict[str, str]) -> chardevs.Chardev:
@@ -121,21 +126,22 @@ class System:
             return None
         return self._short_chardev(specs[0], "serial0")
 
-    def _start_monitors(self) -> None:
+    def _open_monitors(self) -> None:
         for index, text in enumerate(self.opts.qmp):
-            self._short_chardev(text, f"compat_monitor{index}").serve(self.qmp.attach)
+            self._servers.append((self._short_chardev(text, f"compat_monitor{index}"),
+                                  self.qmp.attach))
         for ref in self.opts.monitors:
             if ref not in self.chardevs:
                 raise ConfigError(f"-mon: chardev '{ref}' not found")
-            self.chardevs[ref].serve(self.qmp.attach)
+            self._servers.append((self.chardevs[ref], self.qmp.attach))
 
-    def _start_qtest(self) -> None:
+    def _open_qtest(self) -> None:
         if self.opts.qtest is None:
             return
         if self.opts.qtest_log:
             self._qtest_log = open(self.opts.qtest_log, "w")
         server = QtestServer(self.machine, self._qtest_log)
-        self._short_chardev(self.opts.qtest, "qtest").serve(server.attach)
+        self._servers.append((self._short_chardev(self.opts.qtest, "qtest"), server.attach))
 
     # --- running ------------------------------------------------------------------
     def _incoming_failed(self, message: str) -> None:
@@ -150,6 +156,8 @@ class System:
     def run(self) -> int:
         self.machine.start()
         self.migration.start_incoming()
+        for dev, handler in self._servers:
+            dev.serve(handler)
         stop = self.machine.shutdown_requested
 
         def on_signal(signum: int, _frame: object) -> None:
