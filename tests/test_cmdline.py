@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -90,7 +91,8 @@ def test_debug_exit(tmp_path: Path) -> None:
 def test_guest_image_matches_source(tmp_path: Path) -> None:
     out = write_image(tmp_path / "ab.img")
     assert out.stat().st_size == 512
-    result = subprocess.run(["livemig", "guest", "ab", "--output", str(tmp_path / "cli.img")],
+    tool = Path(sys.executable).parent / "livemig"  # the venv's console script
+    result = subprocess.run([str(tool), "guest", "ab", "--output", str(tmp_path / "cli.img")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "cli.img").read_bytes() == out.read_bytes()

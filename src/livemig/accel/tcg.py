@@ -126,7 +126,7 @@ class TcgAccelerator:
         eip = self._uc.reg_read(X.UC_X86_REG_EIP)
         cs_base = self._segment("cs", self._uc.reg_read(X.UC_X86_REG_CS)).base
         linear = (cs_base + eip - 1) & 0xFFFFFFFF
-        return self._ram.contains(linear) and self._ram.view[linear] == _HLT
+        return self._ram.contains(linear) and self._ram.read(linear, 1)[0] == _HLT
 
     # --- state -----------------------------------------------------------------
     def _segment(self, name: str, selector: int) -> Segment:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -26,12 +27,14 @@ PAGE_SHIFT = 12
 PROT_READ, PROT_WRITE = 0x1, 0x2
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x02, 0x20, 0x4000
 MAP_FAILED = ctypes.c_void_p(-1).value
+MADV_DONTNEED = 4
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                        ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 class GuestRam:
@@ -57,6 +60,11 @@ class GuestRam:
         # One byte per page; a bytearray keeps numpy out of VMM start-up.
         self._vmm_dirty = bytearray(self.pages)
         self._vmm_lock = threading.Lock()
+        # Set on a postcopy destination: called before the VMM itself reads
+        # or writes a range, to wait until its pages have arrived. A VMM
+        # thread must never fault on a missing page while it holds the GIL:
+        # the fault service, also Python, could then never run.
+        self.access_guard: Callable[[int, int], None] | None = None
 
     @cached_property
     def array(self) -> np.ndarray:
@@ -78,21 +86,39 @@ class GuestRam:
         return 0 <= address and 0 <= length and address + length <= self.size
 
     # --- access from the VMM ----------------------------------------------
+    def prepare_access(self, address: int, length: int) -> None:
+        """Make sure [address, +length) may be touched by VMM code (see access_guard)."""
+        guard = self.access_guard
+        if guard is not None and length > 0:
+            guard(address, length)
+
     def read(self, address: int, length: int) -> bytes:
         self.check_range(address, length)
+        self.prepare_access(address, length)
         return bytes(self.view[address:address + length])
 
     def write(self, address: int, data: bytes | bytearray | memoryview) -> None:
         """Write as the VMM; the pages are marked dirty for migration."""
         length = len(data)
         self.check_range(address, length)
+        self.prepare_access(address, length)
         self.view[address:address + length] = data
         self.mark_dirty(address, length)
 
     def fill(self, address: int, length: int, value: int) -> None:
         self.check_range(address, length)
+        self.prepare_access(address, length)
+        # Safe: check_range proved [address, +length) lies inside the mapping.
         ctypes.memset(self.address + address, value & 0xFF, length)
         self.mark_dirty(address, length)
+
+    def discard(self, address: int, length: int) -> None:
+        """Drop the pages of [address, +length) (MADV_DONTNEED): they read
+        as zero again and, under userfaultfd missing mode, fault as missing."""
+        self.check_range(address, length)
+        if _libc.madvise(self.address + address, length, MADV_DONTNEED) != 0:
+            code = ctypes.get_errno()
+            raise BootError(f"madvise(MADV_DONTNEED) on guest RAM failed: {os.strerror(code)}")
 
     def mark_dirty(self, address: int, length: int) -> None:
         if length <= 0:

@@ -32,6 +32,23 @@ def _enlarge_buffers(sock: socket.socket) -> None:
                 pass  # keep the kernel's default: slower, still correct
 
 
+# A TCP peer that acknowledges nothing for this long is gone (link down,
+# host dead): the kernel then fails the socket instead of retrying for
+# many minutes. Keepalive probes find it even when no data is in flight.
+TCP_DEAD_PEER_MS = 4000
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 1, 1, 3
+
+
+def _watch_tcp_peer(sock: socket.socket) -> None:
+    """Make a dead TCP peer an error within seconds (see TCP_DEAD_PEER_MS)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_DEAD_PEER_MS)
+
+
 class Channel:
     """One end of a migration stream."""
 
@@ -86,6 +103,15 @@ class Channel:
         buf = bytearray(size)
         self.recv_into(memoryview(buf))
         return bytes(buf)
+
+    def shrink_send_buffer(self, size: int) -> None:
+        """Cap how much sent data may queue in the kernel (postcopy: a
+        requested page should not wait behind megabytes of background)."""
+        if self.sock is not None:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            except OSError:
+                pass  # keep the larger buffer: slower page requests, still correct
 
     def abort(self) -> None:
         """Make a transfer blocked on this channel fail, from any thread.
@@ -173,7 +199,7 @@ def connect(uri: str, take_fd: Callable[[str], int]) -> Channel:
             host = _tcp_host(u.host) or "0.0.0.0"
             sock = socket.create_connection((host, u.port), timeout=30)
             sock.settimeout(None)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _watch_tcp_peer(sock)
             return Channel(sock, label=uri)
         if u.scheme == "fd":
             fd = take_fd(u.target)
@@ -234,7 +260,7 @@ class Listener:
         if self._sock is not None:
             conn, _ = self._sock.accept()
             if u.scheme == "tcp":
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _watch_tcp_peer(conn)
             return Channel(conn, label=self.uri)
         if u.scheme == "fd":
             try:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import MigrationError
 from ..machine import Machine, RunState
+from ..uffd import probe_missing
 from .incoming import IncomingMigration
 from .outgoing import OutgoingMigration
 from .params import Settings
@@ -31,6 +32,7 @@ class MigrationManager:
         self.incoming: IncomingMigration | None = None
         self.deferred = False
         self.fds: dict[str, int] = {}
+        self._postcopy_asked = False  # migrate-start-postcopy came before migrate
 
     # --- state -------------------------------------------------------------------
     @property
@@ -69,20 +71,52 @@ class MigrationManager:
 
     # --- outgoing ------------------------------------------------------------------
     def migrate(self, uri: str, resume: bool = False) -> None:
+        if resume:
+            if self.outgoing is None or self.outgoing.status != "postcopy-paused":
+                raise MigrationError("Cannot resume if there is no paused migration")
+            self.outgoing.resume(uri)
+            return
         if self.machine.runstate == RunState.INMIGRATE:
             raise MigrationError("Guest is waiting for an incoming migration")
-        if resume:
-            raise MigrationError("Cannot resume if there is no paused migration")
         self._refuse_if_busy()
-        if self.settings.caps["postcopy-ram"]:
-            raise MigrationError("postcopy is not implemented in livemig yet")
+        asked, self._postcopy_asked = self._postcopy_asked, False
         self.outgoing = OutgoingMigration(self.machine, self.settings, uri, self._emit,
-                                          self.take_fd)
+                                          self.take_fd, start_postcopy=asked)
         self.outgoing.start()
 
     def cancel(self) -> None:
         if self.outgoing is not None:
             self.outgoing.cancel()
+
+    # --- postcopy ------------------------------------------------------------------------
+    def start_postcopy(self) -> None:
+        """migrate-start-postcopy: now, or (before migrate) after the first pass."""
+        if not self.settings.caps["postcopy-ram"]:
+            raise MigrationError("Enable postcopy with migrate_set_capability before "
+                                 "the start of migration")
+        if self.outgoing is not None and self.outgoing.active:
+            self.outgoing.start_postcopy()
+        else:
+            self._postcopy_asked = True
+
+    def pause(self) -> None:
+        """migrate-pause: break the channel of a postcopy migration, either side."""
+        if self.outgoing is not None and self.outgoing.status in ("postcopy-active",
+                                                                   "postcopy-recover"):
+            self.outgoing.pause()
+            return
+        if self.incoming is not None and self.incoming.status in ("postcopy-active",
+                                                                   "postcopy-recover"):
+            self.incoming.pause()
+            return
+        raise MigrationError("migrate-pause is currently only supported during "
+                             "postcopy-active state")
+
+    def recover(self, uri: str) -> None:
+        """migrate-recover on the destination: listen for the source's new channel."""
+        if self.incoming is None:
+            raise MigrationError("Migrate recover can only be run when postcopy is paused.")
+        self.incoming.recover(uri)
 
     # --- parameters --------------------------------------------------------------------
     def set_parameters(self, changes: dict[str, Any]) -> None:
@@ -92,6 +126,14 @@ class MigrationManager:
 
     def set_capabilities(self, changes: list[dict[str, Any]]) -> None:
         self._refuse_if_busy()
+        wants_postcopy = any(c.get("capability") == "postcopy-ram" and c.get("state")
+                             for c in changes)
+        if (wants_postcopy and not self.settings.caps["postcopy-ram"]
+                and self.machine.runstate == RunState.INMIGRATE):
+            # As QEMU: only the destination needs userfaultfd, so only it checks.
+            why = probe_missing(kernel_faults=self.machine.accel_name == "kvm")
+            if why is not None:
+                raise MigrationError(f"Postcopy is not supported: {why}")
         self.settings.set_caps(changes)
 
     def query(self) -> dict[str, Any]:
@@ -118,7 +160,7 @@ class MigrationManager:
         os.close(self.take_fd(name))
 
     def close(self) -> None:
-        if self.outgoing is not None and self.outgoing.active:
+        if self.outgoing is not None and self.outgoing.active and not self.outgoing.in_postcopy:
             self.outgoing.cancel()
             self.outgoing.join(5)
         if self.incoming is not None:

@@ -1,4 +1,10 @@
-"""The source side of a precopy migration: one job, one thread."""
+"""The source side of a migration: one job, one thread.
+
+Precopy passes run until the rest fits in ``downtime-limit``, or, with the
+``postcopy-ram`` capability, until ``migrate-start-postcopy`` asks for the
+switch: then the guest stops here, its state and the list of stale pages go
+over, the guest runs on at the destination, and postcopy_source takes over.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +16,42 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LivemigError
+from ..errors import LivemigError, MigrationError
 from ..machine import Machine, RunState
 from ..memory import PAGE_SIZE
 from .channel import Channel, connect
-from .pages import CHUNK_PAGES, DOWNTIME_CHUNK_PAGES, ChunkRecords
+from .pages import CHUNK_PAGES, DOWNTIME_CHUNK_PAGES, ChunkRecords, runs
 from .params import Settings
+from .postcopy_source import PostcopySource
 from .stats import JobTimes, RamStats, RateLimiter
 from .tracking import tracker_for
-from .wire import TAG_END, TAG_STATE, TAG_SYNC, Header, blob_record, run_record
+from .wire import (
+    COUNT,
+    RANGE,
+    TAG_DISCARD,
+    TAG_END,
+    TAG_POSTCOPY_ADVISE,
+    TAG_POSTCOPY_RUN,
+    TAG_STATE,
+    TAG_SYNC,
+    Header,
+    blob_record,
+    run_record,
+)
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATES = ("setup", "active", "cancelling")
+ACTIVE_STATES = ("setup", "active", "cancelling", "postcopy-active", "postcopy-paused",
+                 "postcopy-recover")
+POSTCOPY_STATES = ("postcopy-active", "postcopy-paused", "postcopy-recover")
 
 
 class Cancelled(Exception):
     """migrate_cancel was asked for."""
+
+
+class SwitchToPostcopy(Exception):
+    """migrate-start-postcopy was asked for and the first pass is done."""
 
 
 def machine_description(machine: Machine) -> dict[str, Any]:
@@ -45,12 +70,16 @@ def _describe(err: Exception) -> str:
 class OutgoingMigration:
     def __init__(self, machine: Machine, settings: Settings, uri: str,
                  emit: Callable[[str, dict[str, Any] | None], None],
-                 take_fd: Callable[[str], int]) -> None:
+                 take_fd: Callable[[str], int], start_postcopy: bool = False) -> None:
         self.machine = machine
         self.settings = settings
         self.uri = uri
         self._emit = emit
-        self._take_fd = take_fd
+        self.take_fd = take_fd
+        self._postcopy_asked = threading.Event()
+        if start_postcopy:
+            self._postcopy_asked.set()
+        self.postcopy: PostcopySource | None = None
         self.status = "none"
         self.error: str | None = None
         self.stats = RamStats(total=machine.ram.size)
@@ -63,17 +92,38 @@ class OutgoingMigration:
 
     # --- control (any thread) ---------------------------------------------------
     def start(self) -> None:
-        self._set_status("setup")
+        self.set_status("setup")
         self._thread.start()
 
     @property
     def active(self) -> bool:
         return self.status in ACTIVE_STATES
 
+    @property
+    def in_postcopy(self) -> bool:
+        return self.status in POSTCOPY_STATES
+
+    def start_postcopy(self) -> None:
+        """migrate-start-postcopy: switch at the next chunk once the first pass is done."""
+        self._postcopy_asked.set()
+
+    def pause(self) -> None:
+        """migrate-pause (postcopy-active or postcopy-recover only)."""
+        if self.postcopy is not None:
+            self.postcopy.pause()
+
+    def resume(self, uri: str) -> None:
+        """migrate resume=true (postcopy-paused only)."""
+        assert self.postcopy is not None
+        self.uri = uri
+        self.postcopy.resume(uri)
+
     def cancel(self) -> None:
         if not self.active:
             return
-        self._set_status("cancelling")
+        if self.in_postcopy:
+            raise MigrationError("Postcopy migration in progress, cannot cancel.")
+        self.set_status("cancelling")
         self._cancel.set()
         self.limiter.wake()
         if self._channel is not None:
@@ -81,38 +131,54 @@ class OutgoingMigration:
 
     def parameters_changed(self) -> None:
         self.limiter.limit = self.settings.params["max-bandwidth"]
+        if self.postcopy is not None:
+            self.postcopy.parameters_changed()
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
-    def _set_status(self, status: str) -> None:
+    def set_status(self, status: str) -> None:
         self.status = status
         if self.settings.caps["events"]:
             self._emit("MIGRATION", {"status": status})
+
+    def header(self) -> Header:
+        return Header(PAGE_SIZE, self.machine.ram.size, machine_description(self.machine))
 
     # --- the job ----------------------------------------------------------------------
     def _run(self) -> None:
         tracker = None
         try:
-            self._channel = connect(self.uri, self._take_fd)
+            self._channel = connect(self.uri, self.take_fd)
             self._check_cancel()
-            header = Header(PAGE_SIZE, self.machine.ram.size, machine_description(self.machine))
-            self._send([header.encode()], precopy=True)
+            postcopy = self.settings.caps["postcopy-ram"]
+            if postcopy and self._channel.sock is None:
+                raise MigrationError("Unable to open return-path for postcopy "
+                                     "(postcopy needs a socket: unix:, tcp: or fd:)")
+            start = [self.header().encode()]
+            if postcopy:
+                start.append(bytes([TAG_POSTCOPY_ADVISE]))
+            self._send(start, precopy=True)
             tracker = tracker_for(self.machine)
             tracker.start()
             self._synced(first=True)
             self.times.setup_ms = self.times.total_ms()
-            self._set_status("active")
+            self.set_status("active")
             dirty = np.ones(self.machine.ram.pages, dtype=bool)
-            while True:
-                started, sent_before = time.monotonic(), self.stats.transferred
-                self._send_pages(dirty, limited=True)
-                dirty = tracker.sync()
-                self._synced()
-                elapsed = max(time.monotonic() - started, 1e-6)
-                if self._converged(dirty, self.stats.transferred - sent_before, elapsed):
-                    break
-            self._complete(tracker, dirty)
+            try:
+                while True:
+                    started, sent_before = time.monotonic(), self.stats.transferred
+                    self._send_pages(dirty, limited=True)
+                    dirty = tracker.sync()
+                    self._synced()
+                    if postcopy and self._postcopy_asked.is_set():
+                        raise SwitchToPostcopy()
+                    elapsed = max(time.monotonic() - started, 1e-6)
+                    if self._converged(dirty, self.stats.transferred - sent_before, elapsed):
+                        break
+                self._complete(tracker, dirty)
+            except SwitchToPostcopy:
+                self._postcopy(tracker, dirty)
         except Cancelled:
             self._finish("cancelled")
         except (LivemigError, OSError, EOFError) as err:
@@ -135,14 +201,20 @@ class OutgoingMigration:
         if self._cancel.is_set():
             raise Cancelled()
 
+    def send(self, channel: Channel, buffers: list[bytes | memoryview], kind: str) -> None:
+        """Send and count: ``kind`` is precopy, downtime or postcopy."""
+        sent = channel.send(buffers)
+        self.stats.transferred += sent
+        if kind == "precopy":
+            self.stats.precopy_bytes += sent
+        elif kind == "downtime":
+            self.stats.downtime_bytes += sent
+        else:
+            self.stats.postcopy_bytes += sent
+
     def _send(self, buffers: list[bytes | memoryview], precopy: bool) -> None:
         assert self._channel is not None
-        sent = self._channel.send(buffers)
-        self.stats.transferred += sent
-        if precopy:
-            self.stats.precopy_bytes += sent
-        else:
-            self.stats.downtime_bytes += sent
+        self.send(self._channel, buffers, "precopy" if precopy else "downtime")
 
     def _send_pages(self, dirty: np.ndarray, limited: bool) -> None:
         """Send the pages in ``dirty``. ``limited``: a live pass (rate-limited,
@@ -151,8 +223,11 @@ class OutgoingMigration:
         pages = self.machine.ram.pages
         remaining = int(dirty.sum())
         chunk = CHUNK_PAGES if limited else DOWNTIME_CHUNK_PAGES
+        switch = limited and self.settings.caps["postcopy-ram"]
         for first in range(0, pages, chunk):
             self._check_cancel()
+            if switch and self._postcopy_asked.is_set() and self.stats.dirty_sync_count > 1:
+                raise SwitchToPostcopy()
             mask = dirty[first:first + chunk]
             count = int(mask.sum())
             if not count:
@@ -161,6 +236,7 @@ class OutgoingMigration:
             if limited:
                 self.limiter.wait(records.nbytes)
             self._send(records.buffers, precopy=limited)
+            mask[:] = False  # sent: what is left of ``dirty`` is still to go
             self.stats.duplicate += records.zero
             self.stats.normal += records.normal
             remaining -= count
@@ -191,13 +267,7 @@ class OutgoingMigration:
         """Stop the guest and send what is left: ``pending`` (found dirty by
         the last sync, not yet sent) plus whatever was written since."""
         machine = self.machine
-        with machine.lock:
-            was_running = machine.running
-            if was_running:
-                machine.stop(RunState.FINISH_MIGRATE)
-                self._stopped_guest = True
-            else:
-                machine.pause_vcpus()
+        was_running = self._stop_guest()
         stopped_at = time.monotonic()
         dirty = pending | tracker.sync()
         self._synced()
@@ -209,6 +279,44 @@ class OutgoingMigration:
         self.times.downtime_ms = int((time.monotonic() - stopped_at) * 1000)
         self._finish("completed")
 
+    def _stop_guest(self) -> bool:
+        """Stop the vCPUs for switchover; return whether the guest was running."""
+        machine = self.machine
+        with machine.lock:
+            was_running = machine.running
+            if was_running:
+                machine.stop(RunState.FINISH_MIGRATE)
+                self._stopped_guest = True
+            else:
+                machine.pause_vcpus()
+        return was_running
+
+    def _postcopy(self, tracker: Any, pending: np.ndarray) -> None:
+        """Switch over: stop the guest, tell the destination which pages are
+        stale, send the vCPU and device state, let the guest run there."""
+        assert self._channel is not None
+        machine = self.machine
+        was_running = self._stop_guest()
+        stopped_at = time.monotonic()
+        need = pending | tracker.sync()
+        self._synced()
+        starts, lengths = runs(need)
+        table = np.empty((len(starts), 2), dtype="<u8")
+        table[:, 0], table[:, 1] = starts, lengths
+        state = {"cpu": machine.save_cpu_state(), "devices": machine.save_device_states(),
+                 "running": was_running}
+        self._send([COUNT.pack(TAG_DISCARD, len(starts)), memoryview(table).cast("B"),
+                    blob_record(TAG_STATE, state), bytes([TAG_POSTCOPY_RUN])], precopy=False)
+        assert RANGE.size == table.itemsize * 2
+        self.times.downtime_ms = int((time.monotonic() - stopped_at) * 1000)
+        self.stats.remaining = int(need.sum()) * PAGE_SIZE
+        self.set_status("postcopy-active")
+        self.postcopy = PostcopySource(self, self._channel, need)
+        self._channel = None  # postcopy owns it now, and any channel after it
+        self.postcopy.run()
+        self.stats.remaining = 0
+        self._finish("completed")
+
     def _finish(self, status: str) -> None:
         self.times.end = time.monotonic()
         machine = self.machine
@@ -218,7 +326,7 @@ class OutgoingMigration:
             elif self._stopped_guest:
                 machine.resume()  # the source keeps the guest: it runs on here
                 self._stopped_guest = False
-        self._set_status(status)
+        self.set_status(status)
 
     # --- query-migrate ---------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -231,7 +339,7 @@ class OutgoingMigration:
             info["downtime"] = self.times.downtime_ms or 0
         elif self.active:
             info["expected-downtime"] = self.times.expected_downtime_ms
-        if self.error is not None and self.status == "failed":
+        if self.error is not None and self.status in ("failed", "postcopy-paused"):
             info["error-desc"] = self.error
         if self.status != "failed" or self.stats.transferred:
             info["ram"] = self.stats.to_qmp()

@@ -1,4 +1,4 @@
-"""livemig's migration stream, version 1 (documented in docs/migration-stream.md).
+"""livemig's migration stream, version 1 (documented in docs/migration.md).
 
 All integers are little-endian. A stream is a header followed by records;
 each record starts with a one-byte tag. Page numbers are guest-physical
@@ -26,10 +26,23 @@ TAG_ZERO = 0x02     # RUN header only: these pages are all zero
 TAG_STATE = 0x03    # BLOB: JSON {"cpu": …, "devices": …}
 TAG_SYNC = 0x04     # RUN-shaped, first = pass number, count 0: a dirty sync happened
 TAG_END = 0x05      # just the tag: nothing follows
+TAG_POSTCOPY_ADVISE = 0x06  # just the tag: postcopy may follow; open the return path
+TAG_DISCARD = 0x07  # COUNT header, then count (first u64, pages u64) runs the destination drops
+TAG_POSTCOPY_RUN = 0x08     # just the tag: register RAM with userfaultfd and run the guest
+TAG_RESUME = 0x09   # just the tag, after a header on a recovery channel
+
+# The return path: destination to source, on the same socket.
+RP_REQUEST = 0x41   # RUN-shaped: send these pages first (a vCPU waits for them)
+RP_HAVE = 0x42      # COUNT header (byte length), then a little-endian bit per page held
+RP_DONE = 0x43      # just the tag: every page is in place; the migration is complete
+
+COUNT = struct.Struct("<BQ")           # tag, count
+RANGE = struct.Struct("<QQ")           # first page, page count (DISCARD entries)
 
 MAX_DESCRIPTION = 1 << 20
 MAX_STATE = 16 << 20
 MAX_RUN_PAGES = 1 << 20
+POSTCOPY_MAX_RUN = 1024  # pages per record after switchover: the destination's staging buffer
 
 
 @dataclass(frozen=True)

@@ -75,9 +75,20 @@ UFFDIO_REGISTER_MODE_MISSING = 1 << 0
 UFFDIO_REGISTER_MODE_WP = 1 << 1
 UFFDIO_WRITEPROTECT_MODE_WP = 1 << 0
 
+UFFDIO_COPY_MODE_DONTWAKE = 1 << 0
+
 UFFD_FEATURE_THREAD_ID = 1 << 8
 UFFD_FEATURE_WP_UNPOPULATED = 1 << 13
 UFFD_FEATURE_WP_ASYNC = 1 << 15
+
+
+# struct uffd_msg (32 bytes): u8 event, 7 reserved bytes, then for a page
+# fault the union's ``pagefault`` member: u64 flags, u64 address, u32 ptid.
+UFFD_MSG_SIZE = 32
+UFFD_MSG_EVENT_OFFSET = 0
+UFFD_MSG_ADDRESS_OFFSET = 16
+UFFD_MSG_PTID_OFFSET = 24
+UFFD_EVENT_PAGEFAULT = 0x12
 
 
 # --- PAGEMAP_SCAN (include/uapi/linux/fs.h) ---------------------------------

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
+from typing import TYPE_CHECKING
 
 from ..errors import UffdError
 from . import abi
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -23,8 +28,15 @@ def _ioctl(fd: int, request: int, arg: ctypes.Structure, what: str) -> int:
 class Userfaultfd:
     """One userfaultfd file descriptor with the features asked for."""
 
-    def __init__(self, features: int, nonblocking: bool = True) -> None:
-        flags = os.O_CLOEXEC | (os.O_NONBLOCK if nonblocking else 0) | abi.UFFD_USER_MODE_ONLY
+    def __init__(self, features: int, nonblocking: bool = True,
+                 kernel_faults: bool = False) -> None:
+        """``kernel_faults``: also catch faults taken inside the kernel on
+        behalf of this process (KVM's guest page faults, read() into RAM).
+        That needs root or CAP_SYS_PTRACE unless vm.unprivileged_userfaultfd
+        is 1; without it, only faults from user mode are caught."""
+        flags = os.O_CLOEXEC | (os.O_NONBLOCK if nonblocking else 0)
+        if not kernel_faults:
+            flags |= abi.UFFD_USER_MODE_ONLY
         fd = _libc.syscall(abi.NR_USERFAULTFD, flags)
         if fd < 0:
             code = ctypes.get_errno()
@@ -55,6 +67,65 @@ class Userfaultfd:
                                     mode=abi.UFFDIO_WRITEPROTECT_MODE_WP if protect else 0)
         _ioctl(self.fd, abi.UFFDIO_WRITEPROTECT, wp, "UFFDIO_WRITEPROTECT")
 
+    def copy(self, dst: int, src: int, length: int) -> None:
+        """UFFDIO_COPY: fill the missing pages [dst, +length) from ``src`` and
+        wake the threads waiting on them. A copy the kernel cuts short
+        (EAGAIN, with a partial count) is continued where it stopped."""
+        done = 0
+        while done < length:
+            arg = abi.UffdioCopy(dst=dst + done, src=src + done, len=length - done, mode=0)
+            try:
+                fcntl.ioctl(self.fd, abi.UFFDIO_COPY, arg)  # type: ignore[call-overload]
+            except OSError as err:
+                if err.errno == errno.EAGAIN and arg.copy > 0:
+                    done += arg.copy
+                    continue
+                raise UffdError(
+                    f"UFFDIO_COPY at {dst + done:#x}+{length - done:#x} failed: "
+                    f"{os.strerror(err.errno or 0)}") from err
+            done += arg.copy
+
+    def zeropage(self, dst: int, length: int) -> None:
+        """UFFDIO_ZEROPAGE: map zero pages at the missing [dst, +length)."""
+        done = 0
+        while done < length:
+            arg = abi.UffdioZeropage(range=abi.UffdioRange(dst + done, length - done), mode=0)
+            try:
+                fcntl.ioctl(self.fd, abi.UFFDIO_ZEROPAGE, arg)  # type: ignore[call-overload]
+            except OSError as err:
+                if err.errno == errno.EAGAIN and arg.zeropage > 0:
+                    done += arg.zeropage
+                    continue
+                raise UffdError(
+                    f"UFFDIO_ZEROPAGE at {dst + done:#x}+{length - done:#x} failed: "
+                    f"{os.strerror(err.errno or 0)}") from err
+            done += arg.zeropage
+
+    def wake(self, address: int, length: int) -> None:
+        """UFFDIO_WAKE: wake threads waiting on [address, +length)."""
+        _ioctl(self.fd, abi.UFFDIO_WAKE, abi.UffdioRange(address, length), "UFFDIO_WAKE")
+
+    def read_faults(self, max_events: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Read the pending page-fault messages (non-blocking fd): the
+        faulting addresses and thread ids, as arrays. Empty if none."""
+        import numpy as np
+
+        try:
+            data = os.read(self.fd, abi.UFFD_MSG_SIZE * max_events)
+        except BlockingIOError:
+            data = b""
+        except OSError as err:
+            raise UffdError(f"reading userfaultfd events failed: {err.strerror}") from err
+        count = len(data) // abi.UFFD_MSG_SIZE
+        msgs = np.frombuffer(data, dtype=np.uint8, count=count * abi.UFFD_MSG_SIZE)
+        msgs = msgs.reshape(count, abi.UFFD_MSG_SIZE)
+        faults = msgs[:, abi.UFFD_MSG_EVENT_OFFSET] == abi.UFFD_EVENT_PAGEFAULT
+        start = abi.UFFD_MSG_ADDRESS_OFFSET
+        addresses = msgs[faults, start:start + 8].copy().view("<u8").ravel()
+        start = abi.UFFD_MSG_PTID_OFFSET
+        ptids = msgs[faults, start:start + 4].copy().view("<u4").ravel()
+        return addresses, ptids
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -65,6 +136,17 @@ def probe_wp_async() -> str | None:
     """None if asynchronous write-protect works here, else why not."""
     try:
         uffd = Userfaultfd(abi.UFFD_FEATURE_WP_ASYNC | abi.UFFD_FEATURE_WP_UNPOPULATED)
+    except UffdError as err:
+        return str(err)
+    uffd.close()
+    return None
+
+
+def probe_missing(kernel_faults: bool) -> str | None:
+    """None if missing-mode userfaultfd (what postcopy needs) works here,
+    else why not."""
+    try:
+        uffd = Userfaultfd(abi.UFFD_FEATURE_THREAD_ID, kernel_faults=kernel_faults)
     except UffdError as err:
         return str(err)
     uffd.close()

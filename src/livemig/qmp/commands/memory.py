@@ -6,7 +6,7 @@ address; memsave refuses a CPU index other than 0, the only vCPU.
 
 from __future__ import annotations
 
-from ...errors import QmpError
+from ...errors import LivemigError, QmpError
 from ..context import QmpContext
 from ..registry import command
 
@@ -15,6 +15,10 @@ def _save(ctx: QmpContext, address: int, size: int, filename: str) -> None:
     ram = ctx.machine.ram
     if not ram.contains(address, size):
         raise QmpError(f"Invalid addr 0x{address:016x}/size {size} specified")
+    try:
+        ram.prepare_access(address, size)
+    except LivemigError as err:
+        raise QmpError(str(err)) from err
     try:
         with open(filename, "wb") as out:
             out.write(ram.view[address:address + size])

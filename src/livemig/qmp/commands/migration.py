@@ -30,6 +30,21 @@ def migrate_cancel(ctx: QmpContext) -> None:
     _manager(ctx).cancel()
 
 
+@command("migrate-start-postcopy")
+def migrate_start_postcopy(ctx: QmpContext) -> None:
+    _manager(ctx).start_postcopy()
+
+
+@command("migrate-pause")
+def migrate_pause(ctx: QmpContext) -> None:
+    _manager(ctx).pause()
+
+
+@command("migrate-recover", {"uri": "str"})
+def migrate_recover(ctx: QmpContext, uri: str) -> None:
+    _manager(ctx).recover(uri)
+
+
 @command("migrate-incoming", {"uri": "str"})
 def migrate_incoming(ctx: QmpContext, uri: str) -> None:
     _manager(ctx).migrate_incoming(uri)
