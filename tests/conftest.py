@@ -48,6 +48,13 @@ def vmm_any_accel(request: pytest.FixtureRequest) -> VmmKind:
     return request.param
 
 
+@pytest.fixture(params=[p for p in ALL_VMMS if p.id == "livemig-tcg"])
+def livemig_tcg(request: pytest.FixtureRequest) -> VmmKind:
+    """For livemig-only protocol behaviour (QEMU differs, or the test speaks
+    livemig's own stream): the accelerator does not matter, tcg is quickest."""
+    return request.param
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[VmLauncher]:
     """Starts VMs under tmp_path and kills every process it started at teardown."""

@@ -1,0 +1,135 @@
+"""Bad peers during postcopy: a fake destination that sends bad return-path
+messages to a real source, and a fake source that sends bad pages to a real
+destination. The receiving side reports a clear error, writes nothing
+outside RAM, keeps the guest, and pauses (QEMU pauses a destination whose
+postcopy load fails; for a source, livemig pauses where QEMU 7.2 marks the
+return path bad and fails at the end, because the source holds pages the
+destination lacks)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import LIVEMIG
+from migration_helpers import migrate, start_dest, wait_for_status
+from postcopy_helpers import set_capability, set_parameter
+from test_migration_stream_errors import KIND, PAGES, header, run
+
+from livemig.lab import VmLauncher, wait_until
+
+pytestmark = pytest.mark.skipif(LIVEMIG is None, reason="livemig not installed")
+
+ADVISE, DISCARD, POSTCOPY_RUN = b"\x06", 0x07, b"\x08"
+
+
+def _drain(conn: socket.socket) -> threading.Thread:
+    def drain() -> None:
+        try:
+            while conn.recv(1 << 20):
+                pass
+        except OSError:
+            pass
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("message,expected", [
+    (struct.pack("<BQI", 0x41, PAGES - 1, 2), "outside guest RAM"),
+    (struct.pack("<BQI", 0x41, 2**63, 1), "outside guest RAM"),
+    (b"\x99", "unknown message type 0x99"),
+    (struct.pack("<BQ", 0x42, 3) + b"abc", "page bitmap of 3 bytes"),
+], ids=["request-past-end", "request-far-outside", "unknown-message", "short-bitmap"])
+def test_source_pauses_on_bad_return_path(lab: VmLauncher, message: bytes,
+                                          expected: str) -> None:
+    path = lab.workdir / "fake-dst.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    src = lab.start(KIND, "src")
+    set_capability(src, "postcopy-ram")
+    set_parameter(src, "max-bandwidth", 100_000_000_000)
+    set_parameter(src, "downtime-limit", 1)
+    set_parameter(src, "max-postcopy-bandwidth", 4096)
+    src.wait_serial(b"B", timeout=60)
+    migrate(src, f"unix:{path}")
+    server.settimeout(30)
+    conn, _ = server.accept()
+    with server, conn:
+        _drain(conn)
+        wait_until(lambda: src.cmd("query-migrate").get("ram", {}).get("dirty-sync-count", 0)
+                   >= 2, 60, "the first pass")
+        src.cmd("migrate-start-postcopy")
+        wait_for_status(src, "postcopy-active", timeout=30)
+        conn.sendall(message)
+        info = wait_for_status(src, "postcopy-paused", timeout=30)
+    assert expected in info["error-desc"], info
+    assert src.status() == "finish-migrate"      # the guest is kept, stopped
+    assert "Traceback" not in src.stderr_text()
+
+
+def _captured_state(lab: VmLauncher) -> bytes:
+    """A real STATE record: migrate a never-started VM into a file, cut it out."""
+    image = lab.workdir / "stream.bin"
+    vm = lab.start(KIND, "capture", extra=["-S"])
+    vm.cmd("migrate-set-parameters", **{"max-bandwidth": 100_000_000_000})
+    migrate(vm, f"exec:cat > {image}")
+    wait_for_status(vm, "completed", timeout=60)
+    vm.quit()
+    return _state_record(image)
+
+
+def _state_record(image: Path) -> bytes:
+    data = image.read_bytes()
+    pos = struct.calcsize("<4sHIQI")
+    pos += struct.unpack_from("<I", data, pos - 4)[0]
+    while True:
+        tag = data[pos]
+        if tag in (1, 2, 4):
+            count = struct.unpack_from("<BQI", data, pos)[2]
+            pos += 13 + (count * 4096 if tag == 1 else 0)
+        elif tag == 3:
+            length = struct.unpack_from("<BI", data, pos)[1]
+            return data[pos:pos + 5 + length]
+        else:
+            raise AssertionError(f"no state record in the captured stream (tag {tag})")
+
+
+PAGE = bytes(range(256)) * 16
+FIRST_MISSING = 256  # pages [256, 1280) are discarded, so missing after switchover
+
+
+@pytest.mark.parametrize("bad,expected", [
+    (run(1, FIRST_MISSING, 1) + PAGE, "was sent twice"),
+    (run(1, PAGES - 1, 2) + PAGE * 2, "outside guest RAM"),
+    (run(2, 2**40, 1), "outside guest RAM"),
+    (run(1, FIRST_MISSING + 1, 2048) + PAGE * 2048, "larger than allowed"),
+    (b"\x7f", "unknown record type 0x7f"),
+], ids=["page-twice", "page-past-end", "zero-far-outside", "run-too-long", "unknown-record"])
+def test_destination_pauses_on_bad_postcopy_page(lab: VmLauncher, bad: bytes,
+                                                 expected: str) -> None:
+    state = _captured_state(lab)
+    path = lab.workdir / "in.sock"
+    dst = start_dest(lab, KIND, "dst", f"unix:{path}")
+    set_capability(dst, "postcopy-ram")
+    discard = struct.pack("<BQ", DISCARD, 1) + struct.pack("<QQ", FIRST_MISSING, 1024)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(path))
+        sock.sendall(header() + ADVISE + run(2, 0, PAGES) + discard + state + POSTCOPY_RUN)
+        wait_for_status(dst, "postcopy-active", timeout=30)
+        sock.sendall(run(1, FIRST_MISSING, 1) + PAGE)          # a good page first
+        try:
+            sock.sendall(bad)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the destination may drop the channel before it has read it all
+        info = wait_until(lambda: (i := dst.cmd("query-migrate"))["status"] ==
+                          "postcopy-paused" and i, 30, "the destination to pause")
+    assert expected in info["error-desc"], info
+    assert dst.status() == "paused"          # the source's guest never ran (-S)
+    assert dst.pmem(FIRST_MISSING * 4096, 4096) == PAGE   # placed once, intact
+    assert dst.pmem(0, 16) == bytes(16)                     # zero-run page, present
+    assert "Traceback" not in dst.stderr_text()

@@ -1,0 +1,156 @@
+"""Postcopy's QMP surface outside the happy path: command errors, starting
+postcopy before migrate, and double failures during recovery."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from conftest import slowdown
+from migration_helpers import migrate, start_dest, wait_for_status
+from postcopy_helpers import (
+    enable_postcopy,
+    postcopy_complete,
+    postcopy_prepare,
+    postcopy_start,
+    set_capability,
+    set_parameter,
+)
+
+from livemig.lab import Vm, VmLauncher, VmmKind, wait_until
+
+
+def error_of(vm: Vm, name: str, args: dict | None = None) -> dict:  # type: ignore[type-arg]
+    answer = vm.raw(name, args)
+    assert "error" in answer, f"{name} should have failed: {answer}"
+    return answer["error"]  # type: ignore[no-any-return]
+
+
+def test_postcopy_command_errors(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    kind = vmm_any_accel
+    src = lab.start(kind, "src")
+    dst = start_dest(lab, kind, "dst", f"unix:{lab.workdir / 'mig.sock'}")
+    err = error_of(src, "migrate-start-postcopy")
+    assert err["class"] == "GenericError"
+    assert "Enable postcopy with migrate_set_capability" in err["desc"]
+    err = error_of(src, "migrate-pause")
+    assert "only supported during postcopy-active state" in err["desc"]
+    err = error_of(dst, "migrate-recover", {"uri": f"unix:{lab.workdir / 'rec.sock'}"})
+    assert err["desc"] == "Migrate recover can only be run when postcopy is paused."
+    err = error_of(src, "migrate", {"uri": "unix:/nonexistent", "resume": True})
+    assert err["desc"] == "Cannot resume if there is no paused migration"
+    set_capability(src, "postcopy-ram")
+    answer = src.raw("migrate-start-postcopy")
+    if kind.is_qemu:
+        # QEMU 7.2 wants a migration running first; livemig remembers the
+        # request and switches once the first pass is done (see below).
+        assert "Postcopy must be started after migration" in answer["error"]["desc"]
+    else:
+        assert "return" in answer, answer
+    assert src.status() == "running" and dst.status() == "inmigrate"
+
+
+def test_start_postcopy_before_migrate(livemig_tcg: VmmKind, lab: VmLauncher) -> None:
+    """livemig only (QEMU 7.2 refuses it): the switch comes after the first pass."""
+    kind = livemig_tcg
+    uri = f"unix:{lab.workdir / 'mig.sock'}"
+    src = lab.start(kind, "src", extra=[])
+    dst = start_dest(lab, kind, "dst", uri)
+    enable_postcopy(src, dst)
+    set_parameter(src, "downtime-limit", 1)
+    src.wait_serial(b"B", timeout=60 * slowdown(kind))
+    src.cmd("migrate-start-postcopy")
+    migrate(src, uri)
+    src.wait_event("STOP", timeout=60 * slowdown(kind))
+    dst.wait_event("RESUME", timeout=60 * slowdown(kind))
+    info = postcopy_complete(src, dst, kind)
+    assert info["status"] == "completed"
+
+
+def _fake_peer(path: str, payload: bytes) -> threading.Thread:
+    """A one-shot listener on ``path`` that sends ``payload`` and hangs up."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                if payload:
+                    conn.sendall(payload)
+                conn.shutdown(socket.SHUT_RDWR)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def _pause(src: Vm, dst: Vm, kind: VmmKind) -> None:
+    set_parameter(src, "max-postcopy-bandwidth", 4096)
+    postcopy_start(src, dst, kind)
+    wait_for_status(src, "postcopy-active", timeout=30 * slowdown(kind))
+    src.cmd("migrate-pause")
+    wait_for_status(dst, "postcopy-paused", timeout=30 * slowdown(kind))
+    wait_for_status(src, "postcopy-paused", timeout=30 * slowdown(kind))
+
+
+def test_source_recovery_channel_breaks_then_recovers(livemig_tcg: VmmKind,
+                                                      lab: VmLauncher) -> None:
+    """The source's new channel dies in the handshake: paused again, then a
+    second resume works."""
+    kind = livemig_tcg
+    src, dst, _ = postcopy_prepare(lab, kind)
+    _pause(src, dst, kind)
+    bogus = lab.workdir / "bogus.sock"
+    peer = _fake_peer(str(bogus), b"")
+    migrate(src, f"unix:{bogus}", resume=True)
+    peer.join(30)
+    info = wait_for_status(src, "postcopy-paused", timeout=30)
+    assert "error-desc" in info
+    assert src.status() == "finish-migrate"
+    recover_uri = f"unix:{lab.workdir / 'rec.sock'}"
+    dst.cmd("migrate-recover", uri=recover_uri)
+    migrate(src, recover_uri, resume=True)
+    set_parameter(src, "max-postcopy-bandwidth", 0)
+    postcopy_complete(src, dst, kind)
+
+
+def test_destination_recovery_channel_breaks_then_recovers(livemig_tcg: VmmKind,
+                                                           lab: VmLauncher) -> None:
+    """A bogus peer connects to the destination's recovery socket and sends
+    garbage: the destination pauses again; a second migrate-recover works."""
+    kind = livemig_tcg
+    src, dst, _ = postcopy_prepare(lab, kind)
+    _pause(src, dst, kind)
+    first = lab.workdir / "rec1.sock"
+    dst.cmd("migrate-recover", uri=f"unix:{first}")
+    err = error_of(dst, "migrate-recover", {"uri": f"unix:{lab.workdir / 'again.sock'}"})
+    assert "triggered already" in err["desc"]
+    wait_until(first.exists, 30, "the recovery socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(first))
+        sock.sendall(b"garbage, not a livemig stream")
+    info = wait_until(lambda: (i := dst.cmd("query-migrate"))["status"] == "postcopy-paused"
+                      and "error-desc" in i and i, 30, "the destination to pause again")
+    assert "not a livemig migration stream" in info["error-desc"]
+    assert dst.status() == "running"
+    second = f"unix:{lab.workdir / 'rec2.sock'}"
+    dst.cmd("migrate-recover", uri=second)
+    migrate(src, second, resume=True)
+    set_parameter(src, "max-postcopy-bandwidth", 0)
+    postcopy_complete(src, dst, kind)
+
+
+def test_cancel_refused_during_postcopy(livemig_tcg: VmmKind, lab: VmLauncher) -> None:
+    """Cancelling would lose the guest: both halves of its RAM exist only
+    together. livemig refuses (QEMU 7.2 lets it fail the migration)."""
+    kind = livemig_tcg
+    src, dst, _ = postcopy_prepare(lab, kind)
+    set_parameter(src, "max-postcopy-bandwidth", 4096)
+    postcopy_start(src, dst, kind)
+    wait_for_status(src, "postcopy-active", timeout=30)
+    err = error_of(src, "migrate_cancel")
+    assert "Postcopy migration in progress" in err["desc"]
+    set_parameter(src, "max-postcopy-bandwidth", 0)
+    postcopy_complete(src, dst, kind)
