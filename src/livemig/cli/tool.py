@@ -18,7 +18,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ..lab.migration_demo import DemoOptions, migration_demo
 
     return migration_demo(DemoOptions(accel=args.accel, ram=args.ram, bandwidth=args.bandwidth,
-                                      downtime_ms=args.downtime, transport=args.transport))
+                                      downtime_ms=args.downtime, transport=args.transport,
+                                      postcopy=args.postcopy))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="downtime-limit in ms (default 300, QEMU's default)")
     demo.add_argument("--transport", default="unix", choices=["unix", "tcp"],
                       help="migration channel (default unix)")
+    demo.add_argument("--postcopy", action="store_true",
+                      help="switch to postcopy after the first precopy pass")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

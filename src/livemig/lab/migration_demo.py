@@ -1,4 +1,5 @@
-"""``livemig demo``: a live precopy migration of the built-in guest.
+"""``livemig demo``: a live migration of the built-in guest (precopy, or
+with ``--postcopy`` postcopy after the first pass).
 
 Two livemig processes, driven only by their command lines and QMP exactly
 as QEMU would be: the destination waits with ``-incoming``, the source is
@@ -32,6 +33,7 @@ class DemoOptions:
     bandwidth: int = 1_000_000_000      # bytes/s (QEMU's max-bandwidth)
     downtime_ms: int = 300              # QEMU's downtime-limit
     transport: str = "unix"             # unix | tcp
+    postcopy: bool = False              # switch to postcopy after the first pass
 
 
 def info_migrate(info: dict[str, Any]) -> Table:
@@ -57,6 +59,9 @@ def info_migrate(info: dict[str, Any]) -> Table:
         ("precopy ram", f"{ram.get('precopy-bytes', 0) // 1024} kbytes"),
         ("downtime ram", f"{ram.get('downtime-bytes', 0) // 1024} kbytes"),
     ]
+    if ram.get("postcopy-bytes"):
+        rows += [("postcopy request count", str(ram.get("postcopy-requests", 0))),
+                 ("postcopy ram", f"{ram.get('postcopy-bytes', 0) // 1024} kbytes")]
     for key, value in rows:
         table.add_row(key, str(value))
     return table
@@ -121,16 +126,30 @@ def migration_demo(options: DemoOptions, console: Console | None = None,
             src.wait_serial(b"B", timeout=120 if options.accel == "tcg" else 300)
         console.print(f"source serial: {src.serial().decode()[:40]}  (run state "
                       f"{src.status()})")
-        src.cmd("migrate-set-capabilities", capabilities=[{"capability": "events",
-                                                           "state": True}])
+        caps = [{"capability": "events", "state": True}]
+        if options.postcopy:
+            caps.append({"capability": "postcopy-ram", "state": True})
+            dst.cmd("migrate-set-capabilities", capabilities=[
+                {"capability": "postcopy-ram", "state": True},
+                {"capability": "postcopy-blocktime", "state": True}])
+        src.cmd("migrate-set-capabilities", capabilities=caps)
         src.cmd("migrate-set-parameters", **{"max-bandwidth": options.bandwidth,
                                              "downtime-limit": options.downtime_ms})
         src.cmd("migrate", uri=_source_uri(dst, options.transport, incoming))
+        if options.postcopy:
+            src.cmd("migrate-start-postcopy")  # takes effect after the first pass
         info = _watch(src, console)
         console.print(info_migrate(info))
         if info["status"] != "completed":
             console.print(f"[red]migration {info['status']}: {info.get('error-desc', '')}[/red]")
             return 1
+        if options.postcopy:
+            dinfo = wait_until(lambda: (i := dst.cmd("query-migrate"))["status"] ==
+                               "completed" and i, 60, "the destination to complete")
+            latency = dinfo.get("livemig-fault-latency", {})
+            console.print(f"destination: postcopy-blocktime {dinfo.get('postcopy-blocktime')} "
+                          f"ms, {latency.get('count', 0)} page faults, latency mean "
+                          f"{latency.get('mean-us', 0)} us, p99 {latency.get('p99-us', 0)} us")
         dst.wait_event("RESUME", timeout=60)
         console.print(f"source is now [cyan]{src.status()}[/cyan], destination "
                       f"[cyan]{dst.status()}[/cyan]")
