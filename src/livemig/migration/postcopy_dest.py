@@ -195,18 +195,19 @@ class PostcopyDestination:
             if not len(addresses):
                 continue
             now = time.monotonic()
-            page_numbers = (addresses - base) >> PAGE_SHIFT
-            inside = page_numbers < pages
-            page_numbers, tids = page_numbers[inside].astype(np.int64), tids[inside]
+            page_numbers = ((addresses - base) >> PAGE_SHIFT).astype(np.int64)
+            if page_numbers.max() >= pages:  # not ours: only RAM is registered
+                inside = page_numbers < pages
+                page_numbers, tids = page_numbers[inside], tids[inside]
             with self._cond:
-                missing = ~self.placed[page_numbers]
-                page_numbers, tids = page_numbers[missing], tids[missing]
+                waiting = ~self.placed[page_numbers]
+                page_numbers, tids = page_numbers[waiting], tids[waiting]
                 fresh = np.isnan(self._fault_at[page_numbers])
                 self._fault_at[page_numbers[fresh]] = now
                 self._fault_tid[page_numbers[fresh]] = tids[fresh]
-                wanted = np.zeros(0, dtype=np.int64)
-                if len(page_numbers):
-                    wanted = np.unique(page_numbers[~self._requested[page_numbers]])
+                wanted = page_numbers[~self._requested[page_numbers]]
+            if len(wanted) > 1:
+                wanted = np.unique(wanted)
             if len(wanted):
                 self._request(wanted)
 
@@ -214,9 +215,12 @@ class PostcopyDestination:
         """Ask the source for ``wanted`` (sorted page numbers), in runs."""
         if not len(wanted):
             return
-        breaks = np.flatnonzero(np.diff(wanted) != 1) + 1
-        starts = wanted[np.concatenate(([0], breaks))]
-        lengths = np.diff(np.concatenate(([0], breaks, [len(wanted)])))
+        if len(wanted) == 1:  # the usual case: one vCPU, one fault
+            starts, lengths = wanted, np.ones(1, dtype=np.int64)
+        else:
+            breaks = np.flatnonzero(np.diff(wanted) != 1) + 1
+            starts = wanted[np.concatenate(([0], breaks))]
+            lengths = np.diff(np.concatenate(([0], breaks, [len(wanted)])))
         with self._cond:
             self._requested[wanted] = True
             send = self._send

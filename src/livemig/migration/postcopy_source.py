@@ -1,10 +1,10 @@
 """The source side of postcopy, from switchover to completion.
 
 The guest is stopped here and runs on the destination. This side holds the
-pages the destination still lacks (``need``) and sends them: pages the
-destination asks for first, the rest in the background, paced by
-``max-postcopy-bandwidth``. A return-path thread reads the destination's
-requests. If the channel breaks, the job pauses (``postcopy-paused``) and
+pages the destination still lacks (``need``) and sends them: the
+return-path thread reads the destination's requests and sends those pages
+at once; the job thread sends the rest in the background, paced by
+``max-postcopy-bandwidth``. If the channel breaks, the job pauses (``postcopy-paused``) and
 keeps every page until ``migrate`` with ``resume: true`` brings a new channel;
 the destination then says which pages it has and only the rest are resent.
 """
@@ -12,9 +12,9 @@ the destination then says which pages it has and only the rest are resent.
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,15 +31,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Background pages go out in runs of at most this many pages (128 KiB), so a
+# Background pages go out in runs of at most this many pages (256 KiB), so a
 # page request waits behind little: this is the head-of-line bound.
-BACKGROUND_PAGES = 32
+BACKGROUND_PAGES = 64
 # While postcopy runs, the send buffer holds only this much background data
 # ahead of a requested page (the precopy default of 4 MiB adds milliseconds).
 POSTCOPY_SEND_BUFFER = 128 << 10
 
 
-class Broken(Exception):
+class Broken(MigrationSendError):
     """The channel failed; the text says how."""
 
 
@@ -59,7 +59,9 @@ class PostcopySource:
         self._left = int(need.sum())
         self._channel: Channel | None = channel
         self._cond = threading.Condition()
-        self._requests: deque[rp.Request] = deque()
+        # Held while sending and while changing need/_left/_cursor: the
+        # background sender and the return-path reader both send pages.
+        self._send_lock = threading.Lock()
         self._broken: str | None = None
         self._done = False
         self._have: np.ndarray | None = None
@@ -104,7 +106,7 @@ class PostcopySource:
                 self._serve()
                 self._release_channel()
                 return
-            except (Broken, LivemigError, OSError, EOFError) as err:
+            except (LivemigError, OSError, EOFError) as err:
                 self._release_channel()
                 if self._done:
                     return
@@ -116,14 +118,19 @@ class PostcopySource:
         self._reader.start()
 
     def _read_return_path(self, channel: Channel) -> None:
+        """Read the destination's messages; serve page requests right here,
+        so a waiting vCPU costs one thread hand-off less."""
         try:
             while True:
                 msg = rp.read_message(channel, self.ram.pages)
-                with self._cond:
-                    if isinstance(msg, rp.Request):
-                        self._requests.append(msg)
-                        self.job.stats.postcopy_requests += 1
-                    elif isinstance(msg, rp.Have):
+                if isinstance(msg, rp.Request):
+                    self.job.stats.postcopy_requests += 1
+                    self._send_requested(msg)
+                    continue
+                with self._send_lock, self._cond:
+                    if isinstance(msg, rp.Have):
+                        np.logical_not(msg.placed, out=self.need)
+                        self._left = int(self.need.sum())
                         self._have = msg.placed
                     else:
                         if self._left or not self._end_sent:
@@ -142,7 +149,8 @@ class PostcopySource:
             channel.abort()
 
     def _serve(self) -> None:
-        """Send requested pages, then background pages, then END; return on DONE."""
+        """Send background pages, then END; return on DONE. (Requested pages
+        are sent by the return-path reader as they come.)"""
         params = self.job.settings.params
         while True:
             with self._cond:
@@ -151,12 +159,8 @@ class PostcopySource:
                         raise Broken(self._broken)
                     if self._done:
                         return
-                    if self._requests:
-                        request: rp.Request | None = self._requests.popleft()
-                        break
                     if not self._left:
                         if not self._end_sent:
-                            request = None
                             break
                         self._cond.wait()
                         continue
@@ -165,23 +169,35 @@ class PostcopySource:
                     if delay > 0:
                         self._cond.wait(delay)
                         continue
-                    request = None
                     break
-            if request is not None:
-                self._send_requested(request)
-            elif self._left:
-                self._send_background(params["max-postcopy-bandwidth"])
-            else:
-                self._send([bytes([TAG_END])])
-                self._end_sent = True
+            self._wait_writable()
+            with self._send_lock:
+                if self._left:
+                    self._send_background(params["max-postcopy-bandwidth"])
+                elif not self._end_sent:
+                    self._send([bytes([TAG_END])])
+                    self._end_sent = True
+
+    def _wait_writable(self) -> None:
+        """Wait for room in the socket before taking the send lock, so a
+        background send does not hold it while blocked on a full buffer
+        (the return-path thread needs it for requested pages)."""
+        channel = self._channel
+        if channel is None or channel.sock is None:
+            return
+        poller = select.poll()
+        poller.register(channel.sock.fileno(), select.POLLOUT)
+        poller.poll(100)  # at worst the send below blocks, as it would anyway
 
     def _send(self, buffers: list[bytes | memoryview]) -> None:
-        if self._channel is None:
+        channel = self._channel
+        if channel is None:
             raise Broken("no channel")
-        self.job.send(self._channel, buffers, "postcopy")
+        self.job.send(channel, buffers, "postcopy")
 
     def _send_run(self, first: int, count: int) -> int:
-        """Send the needed pages of [first, +count) (count <= POSTCOPY_MAX_RUN)."""
+        """Send the needed pages of [first, +count) (count <= POSTCOPY_MAX_RUN).
+        The caller holds _send_lock."""
         mask = self.need[first:first + count].copy()
         sent = int(mask.sum())
         if not sent:
@@ -198,13 +214,18 @@ class PostcopySource:
 
     def _send_requested(self, request: rp.Request) -> None:
         end = request.first + request.count
-        for first in range(request.first, end, POSTCOPY_MAX_RUN):
-            self._send_run(first, min(POSTCOPY_MAX_RUN, end - first))
-        # Carry on in the background right after what was asked for: a
-        # guest that faults on page n usually wants n+1 next.
-        self._cursor = end % self.ram.pages
+        with self._send_lock:
+            for first in range(request.first, end, POSTCOPY_MAX_RUN):
+                self._send_run(first, min(POSTCOPY_MAX_RUN, end - first))
+            # Carry on in the background right after what was asked for: a
+            # guest that faults on page n usually wants n+1 next.
+            self._cursor = end % self.ram.pages
+        if not self._left:
+            with self._cond:
+                self._cond.notify_all()  # the background thread sends END
 
     def _send_background(self, limit: int) -> None:
+        """One background run from the cursor on. The caller holds _send_lock."""
         after = self.need[self._cursor:]
         if after.any():
             first = self._cursor + int(np.argmax(after))
@@ -233,7 +254,6 @@ class PostcopySource:
         log.warning("postcopy paused: %s", reason)
         with self._cond:
             self._broken = None
-            self._requests.clear()
             self._have = None
             self._end_sent = False
         self.job.error = reason
@@ -260,10 +280,7 @@ class PostcopySource:
                 self._cond.wait()
             if self._broken is not None:
                 raise Broken(self._broken)
-            assert self._have is not None
-            np.logical_not(self._have, out=self.need)
-            self._have = None
-            self._left = int(self.need.sum())
+            self._have = None  # the reader has rebuilt need from it
         self.job.stats.remaining = self._left * PAGE_SIZE
         self.job.error = None
         self.job.set_status("postcopy-active")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 from typing import TYPE_CHECKING
 
@@ -116,15 +117,9 @@ class Userfaultfd:
             data = b""
         except OSError as err:
             raise UffdError(f"reading userfaultfd events failed: {err.strerror}") from err
-        count = len(data) // abi.UFFD_MSG_SIZE
-        msgs = np.frombuffer(data, dtype=np.uint8, count=count * abi.UFFD_MSG_SIZE)
-        msgs = msgs.reshape(count, abi.UFFD_MSG_SIZE)
-        faults = msgs[:, abi.UFFD_MSG_EVENT_OFFSET] == abi.UFFD_EVENT_PAGEFAULT
-        start = abi.UFFD_MSG_ADDRESS_OFFSET
-        addresses = msgs[faults, start:start + 8].copy().view("<u8").ravel()
-        start = abi.UFFD_MSG_PTID_OFFSET
-        ptids = msgs[faults, start:start + 4].copy().view("<u4").ravel()
-        return addresses, ptids
+        msgs = np.frombuffer(data, dtype=_msg_dtype(), count=len(data) // abi.UFFD_MSG_SIZE)
+        faults = msgs[msgs["event"] == abi.UFFD_EVENT_PAGEFAULT]
+        return faults["address"], faults["ptid"]
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -140,6 +135,19 @@ def probe_wp_async() -> str | None:
         return str(err)
     uffd.close()
     return None
+
+
+@functools.cache
+def _msg_dtype() -> np.dtype:
+    """struct uffd_msg for a page fault, as a numpy record (see abi)."""
+    import numpy as np
+
+    dtype = np.dtype({"names": ["event", "address", "ptid"],
+                      "formats": ["u1", "<u8", "<u4"],
+                      "offsets": [abi.UFFD_MSG_EVENT_OFFSET, abi.UFFD_MSG_ADDRESS_OFFSET,
+                                  abi.UFFD_MSG_PTID_OFFSET],
+                      "itemsize": abi.UFFD_MSG_SIZE})
+    return dtype
 
 
 def probe_missing(kernel_faults: bool) -> str | None:
