@@ -4,7 +4,9 @@ postcopy before migrate, and double failures during recovery."""
 from __future__ import annotations
 
 import socket
+import sys
 import threading
+from pathlib import Path
 
 from conftest import slowdown
 from migration_helpers import migrate, start_dest, wait_for_status
@@ -154,3 +156,31 @@ def test_cancel_refused_during_postcopy(livemig_tcg: VmmKind, lab: VmLauncher) -
     assert "Postcopy migration in progress" in err["desc"]
     set_parameter(src, "max-postcopy-bandwidth", 0)
     postcopy_complete(src, dst, kind)
+
+
+def test_postcopy_refused_without_userfaultfd(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    """With userfaultfd denied (a seccomp filter, as a host policy would),
+    a destination refuses postcopy-ram with QEMU's message; the source does
+    not need userfaultfd and accepts it, as in QEMU. Precopy still works."""
+    kind = vmm_any_accel
+    helper = Path(__file__).with_name("no_userfaultfd.py")
+    wrapper = lab.workdir / "no-uffd.sh"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {helper} {kind.binary} "$@"\n')
+    wrapper.chmod(0o755)
+    denied = VmmKind(kind.label, str(wrapper), kind.accel)
+    uri = f"unix:{lab.workdir / 'mig.sock'}"
+    src = lab.start(denied, "src")
+    dst = start_dest(lab, denied, "dst", uri)
+    err = error_of(dst, "migrate-set-capabilities",
+                   {"capabilities": [{"capability": "postcopy-ram", "state": True}]})
+    assert err["desc"].startswith("Postcopy is not supported"), err
+    caps = {c["capability"]: c["state"] for c in dst.cmd("query-migrate-capabilities")}
+    assert caps["postcopy-ram"] is False
+    set_capability(src, "postcopy-ram")
+    set_capability(src, "postcopy-ram", False)
+    src.wait_serial(b"B", timeout=60 * slowdown(kind))
+    set_parameter(src, "max-bandwidth", 1_000_000_000)
+    migrate(src, uri)
+    wait_for_status(src, "completed", timeout=120 * slowdown(kind))
+    dst.wait_event("RESUME", timeout=60)
+    assert dst.status() == "running"
