@@ -128,6 +128,10 @@ class Machine:
             if self.runstate == RunState.INMIGRATE:
                 self.autostart = True
                 return
+            if self.runstate == RunState.FINISH_MIGRATE:
+                # Switchover, or postcopy: the guest may already run on the
+                # destination, so running it here too would split it in two.
+                raise MachineError("Migration is not finalized yet")  # QEMU's words
             if self.running:
                 return
             self._start_vcpus(emit_resume=True)
