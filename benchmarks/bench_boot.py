@@ -9,13 +9,12 @@ sampling the byte at 1 MiB (it goes up by one per pass) over S seconds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import subprocess
 import time
 
-from common import accelerators, alternate, kinds, report
+from common import accelerators, alternate, arguments, kinds, report
 
 from livemig.guest import AB_START
 from livemig.lab import VmLauncher, VmmKind, wait_until
@@ -62,9 +61,7 @@ def speed_once(kind: VmmKind, lab: VmLauncher, seconds: float) -> dict[str, floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--accel", nargs="+", default=["tcg", "kvm"])
+    parser = arguments(__doc__)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     lab = VmLauncher()

@@ -13,10 +13,18 @@ livemig and QEMU run in turn; the ratio column is livemig / QEMU.
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from common import accelerators, alternate, console, kinds, report
+from common import (
+    accelerators,
+    alternate,
+    arguments,
+    compare,
+    console,
+    kinds,
+    report,
+    start_pair,
+)
 
 from livemig.lab import QtestClient, VmLauncher, VmmKind, qtest_listener, wait_until
 from livemig.lab.checks import check_ab_ram
@@ -39,10 +47,7 @@ def _migrate(src, dst, uri: str) -> dict:  # type: ignore[no-untyped-def, type-a
 
 
 def running_guest(kind: VmmKind, lab: VmLauncher) -> dict[str, float]:
-    uri = f"unix:{lab.workdir / 'bench.sock'}"
-    src = lab.start(kind, "bsrc")
-    dst = lab.start(kind, "bdst", extra=["-incoming", uri])
-    wait_until((lab.workdir / "bench.sock").exists, 30, "the destination socket")
+    src, dst, uri = start_pair(lab, kind, "precopy")
     try:
         src.wait_serial(b"B", timeout=300)
         info = _migrate(src, dst, uri)
@@ -83,9 +88,7 @@ def idle_guest(kind: VmmKind, lab: VmLauncher, ram: str, size: int) -> dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--accel", nargs="+", default=["tcg", "kvm"])
+    parser = arguments(__doc__)
     parser.add_argument("--idle-ram", default="2G")
     parser.add_argument("--idle-runs", type=int, default=3)
     args = parser.parse_args()
@@ -94,9 +97,7 @@ def main() -> None:
              "mbps": "Mb/s"}
     try:
         for accel in accelerators(args.accel):
-            ours, theirs = kinds(accel)
-            a, b = alternate(args.runs, lambda k=ours: running_guest(k, lab),
-                             (lambda k=theirs: running_guest(k, lab)) if theirs else None)
+            a, b = compare(args.runs, accel, lambda kind: running_guest(kind, lab))
             report(f"precopy, running built-in guest, 150 MiB, unix ({accel})", a, b, units)
         if args.idle_runs <= 0:
             return

@@ -16,10 +16,9 @@ livemig and QEMU run in turn; the ratio column is livemig / QEMU.
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from common import accelerators, alternate, console, kinds, report
+from common import accelerators, arguments, compare, console, report, start_pair
 
 from livemig.lab import VmLauncher, VmmKind, wait_until
 from livemig.lab.checks import check_ab_ram
@@ -33,10 +32,7 @@ def _caps(vm, names: list[str]) -> None:  # type: ignore[no-untyped-def]
 
 
 def postcopy_run(kind: VmmKind, lab: VmLauncher) -> dict[str, float]:
-    uri = f"unix:{lab.workdir / 'pc.sock'}"
-    src = lab.start(kind, "psrc")
-    dst = lab.start(kind, "pdst", extra=["-incoming", uri])
-    wait_until((lab.workdir / "pc.sock").exists, 30, "the destination socket")
+    src, dst, uri = start_pair(lab, kind, "postcopy")
     try:
         _caps(src, ["postcopy-ram"])
         _caps(dst, ["postcopy-ram", "postcopy-blocktime"])
@@ -71,18 +67,14 @@ def postcopy_run(kind: VmmKind, lab: VmLauncher) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--accel", nargs="+", default=["tcg", "kvm"])
+    parser = arguments(__doc__)
     args = parser.parse_args()
     lab = VmLauncher()
     units = {"start-postcopy to completed": "ms", "postcopy-blocktime": "ms",
              "postcopy-requests": ""}
     try:
         for accel in accelerators(args.accel):
-            ours, theirs = kinds(accel)
-            a, b = alternate(args.runs, lambda k=ours: postcopy_run(k, lab),
-                             (lambda k=theirs: postcopy_run(k, lab)) if theirs else None)
+            a, b = compare(args.runs, accel, lambda kind: postcopy_run(kind, lab))
             report(f"postcopy, running built-in guest, 150 MiB, unix ({accel})", a, b, units)
             report(f"livemig fault latency, fault read to page placed ({accel})", a, [],
                    {"fault latency mean": "us", "fault latency p99": "us"})

@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from collections.abc import Callable
 
 from rich.console import Console
 from rich.table import Table
 
-from livemig.lab import LIVEMIG_BINARY, QEMU_BINARY, VmmKind, find_binary, kvm_usable
+from livemig.lab import (
+    LIVEMIG_BINARY,
+    QEMU_BINARY,
+    Vm,
+    VmLauncher,
+    VmmKind,
+    find_binary,
+    kvm_usable,
+    wait_until,
+)
 
 console = Console()
+
+
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --runs and --accel."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--accel", nargs="+", default=["tcg", "kvm"])
+    return parser
+
+
+def start_pair(lab: VmLauncher, kind: VmmKind, name: str) -> tuple[Vm, Vm, str]:
+    """A booting source and a destination waiting on a unix socket."""
+    socket_path = lab.workdir / f"{name}.sock"
+    uri = f"unix:{socket_path}"
+    src = lab.start(kind, f"{name}-src")
+    dst = lab.start(kind, f"{name}-dst", extra=["-incoming", uri])
+    wait_until(socket_path.exists, 30, "the destination socket")
+    return src, dst, uri
 
 
 def kinds(accel: str) -> tuple[VmmKind, VmmKind | None]:
@@ -49,6 +77,14 @@ def alternate(runs: int, livemig: Callable[[], Sample],
         if qemu is not None:
             theirs.append(qemu())
     return ours, theirs
+
+
+def compare(runs: int, accel: str, sample: Callable[[VmmKind], Sample]
+            ) -> tuple[list[Sample], list[Sample]]:
+    """``sample`` on livemig and (if installed) QEMU with ``accel``, in turn."""
+    ours, theirs = kinds(accel)
+    return alternate(runs, lambda: sample(ours),
+                     (lambda: sample(theirs)) if theirs is not None else None)
 
 
 def report(title: str, ours: list[dict[str, float]], theirs: list[dict[str, float]],

@@ -150,6 +150,10 @@ class IncomingMigration:
         self._close_channel()
         self.times.end = time.monotonic()
         self._set_status("completed")
+        self._start_guest()
+
+    def _start_guest(self) -> None:
+        """Run the guest here if it ran on the source (and no -S), else pause it."""
         with self.machine.lock:
             if self._running and self.machine.autostart:
                 self.machine.resume()
@@ -288,11 +292,7 @@ class IncomingMigration:
         self.postcopy = postcopy
         postcopy.attach(self._return_sender(channel))
         self._set_status("postcopy-active")
-        with self.machine.lock:
-            if self._running and self.machine.autostart:
-                self.machine.resume()
-            else:
-                self.machine.set_runstate(RunState.PAUSED)
+        self._start_guest()
 
     @staticmethod
     def _return_sender(channel: Channel) -> Callable[[Sequence[bytes | memoryview]], bool]:

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import functools
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import UffdError
@@ -70,37 +71,35 @@ class Userfaultfd:
 
     def copy(self, dst: int, src: int, length: int) -> None:
         """UFFDIO_COPY: fill the missing pages [dst, +length) from ``src`` and
-        wake the threads waiting on them. A copy the kernel cuts short
-        (EAGAIN, with a partial count) is continued where it stopped."""
-        done = 0
-        while done < length:
-            arg = abi.UffdioCopy(dst=dst + done, src=src + done, len=length - done, mode=0)
-            try:
-                fcntl.ioctl(self.fd, abi.UFFDIO_COPY, arg)  # type: ignore[call-overload]
-            except OSError as err:
-                if err.errno == errno.EAGAIN and arg.copy > 0:
-                    done += arg.copy
-                    continue
-                raise UffdError(
-                    f"UFFDIO_COPY at {dst + done:#x}+{length - done:#x} failed: "
-                    f"{os.strerror(err.errno or 0)}") from err
-            done += arg.copy
+        wake the threads waiting on them."""
+        self._fill(abi.UFFDIO_COPY, "UFFDIO_COPY", dst, length, "copy",
+                   lambda done, left: abi.UffdioCopy(dst=dst + done, src=src + done,
+                                                     len=left, mode=0))
 
     def zeropage(self, dst: int, length: int) -> None:
         """UFFDIO_ZEROPAGE: map zero pages at the missing [dst, +length)."""
+        self._fill(abi.UFFDIO_ZEROPAGE, "UFFDIO_ZEROPAGE", dst, length, "zeropage",
+                   lambda done, left: abi.UffdioZeropage(
+                       range=abi.UffdioRange(dst + done, left), mode=0))
+
+    def _fill(self, request: int, what: str, dst: int, length: int, result: str,
+              make: Callable[[int, int], ctypes.Structure]) -> None:
+        """Issue ``request`` until [dst, +length) is filled. The kernel may
+        stop early (EAGAIN) with the bytes done so far in the ``result``
+        field; carry on from there."""
         done = 0
         while done < length:
-            arg = abi.UffdioZeropage(range=abi.UffdioRange(dst + done, length - done), mode=0)
+            arg = make(done, length - done)
             try:
-                fcntl.ioctl(self.fd, abi.UFFDIO_ZEROPAGE, arg)  # type: ignore[call-overload]
+                fcntl.ioctl(self.fd, request, arg)  # type: ignore[call-overload]
             except OSError as err:
-                if err.errno == errno.EAGAIN and arg.zeropage > 0:
-                    done += arg.zeropage
+                progress = int(getattr(arg, result))
+                if err.errno == errno.EAGAIN and progress > 0:
+                    done += progress
                     continue
-                raise UffdError(
-                    f"UFFDIO_ZEROPAGE at {dst + done:#x}+{length - done:#x} failed: "
-                    f"{os.strerror(err.errno or 0)}") from err
-            done += arg.zeropage
+                raise UffdError(f"{what} at {dst + done:#x}+{length - done:#x} failed: "
+                                f"{os.strerror(err.errno or 0)}") from err
+            done += int(getattr(arg, result))
 
     def wake(self, address: int, length: int) -> None:
         """UFFDIO_WAKE: wake threads waiting on [address, +length)."""
