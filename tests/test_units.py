@@ -97,3 +97,46 @@ def test_runs_of_pages() -> None:
     starts, lengths = runs(mask)
     assert starts.tolist() == [1, 4, 7] and lengths.tolist() == [2, 1, 1]
     assert runs(np.zeros(4, dtype=bool))[0].size == 0
+
+
+def test_return_path_messages_round_trip_and_bad_ones_are_refused() -> None:
+    import socket
+
+    from livemig.errors import MigrationSendError
+    from livemig.migration import return_path as rp
+    from livemig.migration.channel import Channel
+
+    pages = 1000
+    placed = np.zeros(pages, dtype=bool)
+    placed[[0, 7, 8, 999]] = True
+    a, b = socket.socketpair()
+    writer, reader = Channel(a), Channel(b)
+    try:
+        writer.send([rp.request(5, 3), *rp.have(placed), rp.done()])
+        assert rp.read_message(reader, pages) == rp.Request(5, 3)
+        have = rp.read_message(reader, pages)
+        assert isinstance(have, rp.Have) and (have.placed == placed).all()
+        assert isinstance(rp.read_message(reader, pages), rp.Done)
+        for bad, why in ((rp.request(pages - 1, 2), "outside guest RAM"),
+                         (rp.request(3, 0), "outside guest RAM"),
+                         (rp.have(np.zeros(8, dtype=bool))[0] + b"\0", "page bitmap of 1 bytes"),
+                         (b"\x00", "unknown message type 0x00")):
+            writer.send([bad])
+            with pytest.raises(MigrationSendError, match=why):
+                rp.read_message(reader, pages)
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_fault_latency_summary_and_blocktime() -> None:
+    from livemig.migration.postcopy_dest import FaultLatency
+
+    latency = FaultLatency([101])
+    assert latency.summary() == {"count": 0}
+    latency.add(np.array([0.001, 0.003, 0.0005]), np.array([101, 101, 202], dtype=np.uint32))
+    total, per_vcpu = latency.blocktime_ms()
+    assert per_vcpu == [4] and total == 4            # thread 202 is not a vCPU
+    summary = latency.summary()
+    assert summary["count"] == 3 and summary["max-us"] == 3000.0
+    assert summary["p50-us"] == 1000.0 and summary["mean-us"] == 1500.0
