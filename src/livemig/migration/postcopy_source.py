@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Background pages go out in runs of at most this many pages (256 KiB), so a
-# page request waits behind little: this is the head-of-line bound.
-BACKGROUND_PAGES = 64
+# Background pages go out in runs of at most this many pages (512 KiB):
+# longer runs stream faster, shorter ones make a page a vCPU waits for queue
+# behind less (docs/benchmarks.md has the measurements).
+BACKGROUND_PAGES = 128
 # While postcopy runs, the send buffer holds only this much background data
 # ahead of a requested page (the precopy default of 4 MiB adds milliseconds).
 POSTCOPY_SEND_BUFFER = 128 << 10
