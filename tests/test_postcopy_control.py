@@ -66,7 +66,7 @@ def test_start_postcopy_before_migrate(livemig_tcg: VmmKind, lab: VmLauncher) ->
     src.wait_event("STOP", timeout=60 * slowdown(kind))
     dst.wait_event("RESUME", timeout=60 * slowdown(kind))
     info = postcopy_complete(src, dst, kind)
-    assert info["status"] == "completed"
+    assert info["ram"]["postcopy-bytes"] > 0   # it really switched to postcopy
 
 
 def _fake_peer(path: str, payload: bytes) -> threading.Thread:

@@ -105,7 +105,8 @@ class PostcopyDestination:
         self.latency = FaultLatency([vcpu.native_id] if vcpu is not None else [])
         self._uffd = open_userfaultfd(accel)
         self._stop_r, self._stop_w = os.pipe()
-        # Staging for one postcopy record; UFFDIO_COPY reads from it.
+        # Staging for one postcopy record; UFFDIO_COPY reads from it (a page
+        # must arrive whole before any vCPU may see it).
         self._staging = bytearray(POSTCOPY_MAX_RUN * PAGE_SIZE)
         # Safe: the bytearray is never resized and lives as long as self.
         self._staging_address = ctypes.addressof(
@@ -169,7 +170,6 @@ class PostcopyDestination:
         end = first + count
         with self._cond:
             self.placed[first:end] = True
-            self._requested[first:end] = False
             started = self._fault_at[first:end]
             waiting = np.flatnonzero(~np.isnan(started))
             if len(waiting):

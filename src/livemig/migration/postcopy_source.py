@@ -65,7 +65,7 @@ class PostcopySource:
         self._send_lock = threading.Lock()
         self._broken: str | None = None
         self._done = False
-        self._have: np.ndarray | None = None
+        self._resumed = False  # the destination's page bitmap came: need is rebuilt
         self._resume_uri: str | None = None
         self._reader: threading.Thread | None = None
         self._cursor = 0
@@ -132,7 +132,7 @@ class PostcopySource:
                     if isinstance(msg, rp.Have):
                         np.logical_not(msg.placed, out=self.need)
                         self._left = int(self.need.sum())
-                        self._have = msg.placed
+                        self._resumed = True
                     else:
                         if self._left or not self._end_sent:
                             raise MigrationSendError(
@@ -251,11 +251,11 @@ class PostcopySource:
         channel.close()
 
     def _paused(self, err: BaseException) -> None:
-        reason = describe(err) if not isinstance(err, Broken) else str(err)
+        reason = describe(err)
         log.warning("postcopy paused: %s", reason)
         with self._cond:
             self._broken = None
-            self._have = None
+            self._resumed = False
             self._end_sent = False
         self.job.error = reason
         self.job.set_status("postcopy-paused")
@@ -277,11 +277,10 @@ class PostcopySource:
         self._send([self.job.header().encode(), bytes([TAG_RESUME])])
         self._start_reader(channel)
         with self._cond:
-            while self._have is None and self._broken is None:
+            while not self._resumed and self._broken is None:
                 self._cond.wait()
             if self._broken is not None:
                 raise Broken(self._broken)
-            self._have = None  # the reader has rebuilt need from it
         self.job.stats.remaining = self._left * PAGE_SIZE
         self.job.error = None
         self.job.set_status("postcopy-active")

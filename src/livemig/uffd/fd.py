@@ -101,10 +101,6 @@ class Userfaultfd:
                                 f"{os.strerror(err.errno or 0)}") from err
             done += int(getattr(arg, result))
 
-    def wake(self, address: int, length: int) -> None:
-        """UFFDIO_WAKE: wake threads waiting on [address, +length)."""
-        _ioctl(self.fd, abi.UFFDIO_WAKE, abi.UffdioRange(address, length), "UFFDIO_WAKE")
-
     def read_faults(self, max_events: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Read the pending page-fault messages (non-blocking fd): the
         faulting addresses and thread ids, as arrays. Empty if none."""
