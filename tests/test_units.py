@@ -10,6 +10,7 @@ from livemig.chardev.spec import options_from_chardev_arg, options_from_short, s
 from livemig.cli.options import parse
 from livemig.cli.sizes import parse_size
 from livemig.devices import Uart16550
+from livemig.devices.uart import UartState
 from livemig.errors import AccelError, ConfigError, DeviceError, QmpError
 from livemig.migration.pages import runs
 from livemig.qmp.jsonstream import JsonSplitter, ParseError
@@ -76,10 +77,12 @@ def test_uart_state_round_trip_and_output() -> None:
     uart.write(0, 1, ord("A"))
     assert out == [b"A"] and uart.read(5, 1) & 0x60 == 0x60
     copy = Uart16550(out.append)
-    copy.load_state(uart.state())
+    copy.from_state(UartState.from_dict(uart.state().to_dict()))
     assert copy.state() == uart.state()
-    with pytest.raises(DeviceError):
-        copy.load_state({"ier": "x"})
+    for bad in ({"ier": "x"}, {**uart.state().to_dict(), "ier": 256},
+                {**uart.state().to_dict(), "ier": True}, []):
+        with pytest.raises(DeviceError):
+            UartState.from_dict(bad)
 
 
 def test_descriptor_decoding_and_cpu_state() -> None:
@@ -102,28 +105,31 @@ def test_runs_of_pages() -> None:
 def test_return_path_messages_round_trip_and_bad_ones_are_refused() -> None:
     import socket
 
-    from livemig.errors import MigrationSendError
-    from livemig.migration import return_path as rp
+    from livemig.errors import StreamError
+    from livemig.migration import codec
     from livemig.migration.channel import Channel
 
     pages = 1000
+    limits = codec.Limits(pages)
     placed = np.zeros(pages, dtype=bool)
     placed[[0, 7, 8, 999]] = True
     a, b = socket.socketpair()
     writer, reader = Channel(a), Channel(b)
     try:
-        writer.send([rp.request(5, 3), *rp.have(placed), rp.done()])
-        assert rp.read_message(reader, pages) == rp.Request(5, 3)
-        have = rp.read_message(reader, pages)
-        assert isinstance(have, rp.Have) and (have.placed == placed).all()
-        assert isinstance(rp.read_message(reader, pages), rp.Done)
-        for bad, why in ((rp.request(pages - 1, 2), "outside guest RAM"),
-                         (rp.request(3, 0), "outside guest RAM"),
-                         (rp.have(np.zeros(8, dtype=bool))[0] + b"\0", "page bitmap of 1 bytes"),
-                         (b"\x00", "unknown message type 0x00")):
+        writer.send([codec.PageRequest(5, 3).encode(),
+                     codec.PagesHeld.from_mask(placed).encode(), codec.Done().encode()])
+        assert codec.read_return(reader.reader, limits) == codec.PageRequest(5, 3)
+        have = codec.read_return(reader.reader, limits)
+        assert isinstance(have, codec.PagesHeld) and (have.mask(pages) == placed).all()
+        assert isinstance(codec.read_return(reader.reader, limits), codec.Done)
+        short = codec.PagesHeld.from_mask(np.zeros(8, dtype=bool)).encode()
+        for bad, why in ((codec.PageRequest(pages - 1, 2).encode(), "outside guest RAM"),
+                         (codec.PageRequest(3, 0).encode(), "outside guest RAM"),
+                         (short + b"\0", "page bitmap of 1 bytes"),
+                         (b"\x00", "unknown return-path message type 0x00")):
             writer.send([bad])
-            with pytest.raises(MigrationSendError, match=why):
-                rp.read_message(reader, pages)
+            with pytest.raises(StreamError, match=why):
+                codec.read_return(reader.reader, limits)
     finally:
         writer.close()
         reader.close()

@@ -12,7 +12,9 @@ where a failure came from without parsing messages.
     ├── ChardevError         character device backends
     ├── MigrationError       the migration job
     │   ├── MigrationSendError     source side
-    │   └── MigrationReceiveError  destination side (malformed stream …)
+    │   ├── MigrationReceiveError  destination side (a refused stream …)
+    │   └── StreamError            a malformed record, either direction (has the offset)
+    │       └── StreamTruncated    the stream ended inside a record
     └── QmpError             a QMP command failed; carries the QMP class
 """
 
@@ -65,6 +67,28 @@ class MigrationSendError(MigrationError):
 
 class MigrationReceiveError(MigrationError):
     """The destination side of a migration failed (bad or broken stream)."""
+
+
+class StreamError(MigrationError):
+    """A migration stream or return-path record is malformed.
+
+    ``offset`` is where in the stream the bad record begins (bytes from the
+    start of the channel), when known.
+    """
+
+    def __init__(self, message: str, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.offset = offset
+
+    def __str__(self) -> str:
+        if self.offset is None:
+            return self.message
+        return f"{self.message} (at byte offset {self.offset})"
+
+
+class StreamTruncated(StreamError):
+    """The stream ended (EOF) in the middle of a record, or before one."""
 
 
 class QmpError(LivemigError):

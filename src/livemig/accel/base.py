@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .cpustate import CpuState
+
+if TYPE_CHECKING:
+    from ..memory import GuestRam
+    from ..memory.dirty import DirtyTracker
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,10 @@ class Accelerator(Protocol):
 
     def code_changed(self, address: int, length: int) -> None:
         """Guest code may have changed behind the backend's back (loads, qtest)."""
+        ...
+
+    def dirty_tracker(self, ram: GuestRam) -> DirtyTracker:
+        """The dirty-page tracker that sees this backend's guest writes."""
         ...
 
     def close(self) -> None: ...

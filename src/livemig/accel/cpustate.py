@@ -104,19 +104,61 @@ class CpuState:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CpuState:
-        """Inverse of :meth:`to_dict`; raises AccelError on anything malformed."""
+    def from_dict(cls, data: Any) -> CpuState:
+        """Inverse of :meth:`to_dict`. Every value must be an integer in its
+        register's range (booleans for flags): anything else raises AccelError
+        before a state object exists."""
         try:
-            gprs = {name: int(data["gprs"][name]) & (2**64 - 1) for name in GPR_NAMES}
-            segments = {name: Segment(**{k: int(v) for k, v in data["segments"][name].items()})
-                        for name in SEGMENT_NAMES}
-            gdt_base, gdt_limit = (int(v) for v in data["gdt"])
-            idt_base, idt_limit = (int(v) for v in data["idt"])
+            if not isinstance(data, dict):
+                raise AccelError("not an object")
+            gprs = _object(data, "gprs")
+            segments = _object(data, "segments")
             return cls(
-                gprs=gprs, rip=int(data["rip"]), rflags=int(data["rflags"]),
-                segments=segments, gdt=(gdt_base, gdt_limit), idt=(idt_base, idt_limit),
-                cr0=int(data["cr0"]), cr2=int(data["cr2"]), cr3=int(data["cr3"]),
-                cr4=int(data["cr4"]), efer=int(data["efer"]), halted=bool(data["halted"]),
+                gprs={name: _uint(gprs, name, 64) for name in GPR_NAMES},
+                rip=_uint(data, "rip", 64), rflags=_uint(data, "rflags", 64),
+                segments={name: Segment(**{key: _uint(_object(segments, name), key, bits)
+                                           for key, bits in _SEGMENT_BITS.items()})
+                          for name in SEGMENT_NAMES},
+                gdt=_table(data, "gdt"), idt=_table(data, "idt"),
+                cr0=_uint(data, "cr0", 64), cr2=_uint(data, "cr2", 64),
+                cr3=_uint(data, "cr3", 64), cr4=_uint(data, "cr4", 64),
+                efer=_uint(data, "efer", 64), halted=_flag(data, "halted"),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except AccelError as err:
             raise AccelError(f"malformed vCPU state: {err}") from err
+
+
+_SEGMENT_BITS = {"selector": 16, "base": 64, "limit": 32, "type": 4, "present": 1, "dpl": 2,
+                 "db": 1, "s": 1, "l": 1, "g": 1, "avl": 1, "unusable": 1}
+
+
+def _object(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise AccelError(f"'{key}' is missing or not an object")
+    return value
+
+
+def _uint(data: dict[str, Any], key: str, bits: int) -> int:
+    if key not in data:
+        raise AccelError(f"'{key}' is missing")
+    value = data[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < (1 << bits):
+        raise AccelError(f"'{key}' = {value!r} is not a {bits}-bit unsigned integer")
+    return value
+
+
+def _flag(data: dict[str, Any], key: str) -> bool:
+    value = data.get(key)
+    if not isinstance(value, bool):
+        raise AccelError(f"'{key}' is missing or not a boolean")
+    return value
+
+
+def _table(data: dict[str, Any], key: str) -> tuple[int, int]:
+    """A descriptor-table register: [base (64 bits), limit (16 bits)]."""
+    value = data.get(key)
+    if not isinstance(value, list) or len(value) != 2:
+        raise AccelError(f"'{key}' is missing or not [base, limit]")
+    pair = {"base": value[0], "limit": value[1]}
+    return _uint(pair, "base", 64), _uint(pair, "limit", 16)

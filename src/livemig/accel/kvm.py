@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import signal
 import threading
+from typing import TYPE_CHECKING
 
 from ..devices import IoBus
 from ..errors import AccelError, KvmError
@@ -30,6 +31,9 @@ from ..kvm import (
 from ..memory import GuestRam
 from .base import Crashed, Halted, Kicked, RunResult, TripleFault
 from .cpustate import GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
+
+if TYPE_CHECKING:
+    from ..memory.dirty import DirtyTracker
 
 KICK_SIGNAL = signal.SIGUSR1
 RAM_SLOT = 0
@@ -150,6 +154,11 @@ class KvmAccelerator:
 
     def code_changed(self, address: int, length: int) -> None:
         """Hardware fetches straight from guest RAM: nothing is cached."""
+
+    def dirty_tracker(self, ram: GuestRam) -> DirtyTracker:
+        """KVM's dirty log of the RAM slot: the kernel sees the guest's writes."""
+        from ..memory.dirty import KvmDirtyTracker
+        return KvmDirtyTracker(self.vm, RAM_SLOT, ram)
 
     def close(self) -> None:
         self.vcpu.close()

@@ -9,6 +9,7 @@ them read as all ones and drop writes, as on a PC.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from unicorn import (
     UC_ARCH_X86,
@@ -27,6 +28,9 @@ from ..memory import GuestRam
 from . import tcg_stop
 from .base import Crashed, Halted, Kicked, RunResult
 from .cpustate import GPR_NAMES, CpuState, Segment
+
+if TYPE_CHECKING:
+    from ..memory.dirty import DirtyTracker
 
 _GPR32 = {
     "rax": X.UC_X86_REG_EAX, "rbx": X.UC_X86_REG_EBX, "rcx": X.UC_X86_REG_ECX,
@@ -190,6 +194,11 @@ class TcgAccelerator:
 
     def code_changed(self, address: int, length: int) -> None:
         self._uc.ctl_remove_cache(address, address + max(length, 1))
+
+    def dirty_tracker(self, ram: GuestRam) -> DirtyTracker:
+        """Unicorn writes guest RAM from user space: a process-wide tracker."""
+        from ..memory.dirty import process_tracker
+        return process_tracker(ram)
 
     def close(self) -> None:
         self._uc = None  # type: ignore[assignment]

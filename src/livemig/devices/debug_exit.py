@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .base import RegisterState
+
+
+@dataclass(frozen=True)
+class DebugExitState(RegisterState):
+    """isa-debug-exit has no state; the record still says the device exists."""
+
+    DEVICE: ClassVar[str] = "isa-debug-exit"
 
 
 class IsaDebugExit:
     """Write-only; reads return all ones as an empty port would."""
+
+    STATE = DebugExitState
 
     def __init__(self, exit_process: Callable[[int], None], name: str = "isa-debug-exit") -> None:
         self.name = name
@@ -22,8 +34,8 @@ class IsaDebugExit:
     def write(self, offset: int, size: int, value: int) -> None:
         self._exit(((value & ((1 << (8 * size)) - 1)) << 1) | 1)
 
-    def state(self) -> dict[str, Any]:
-        return {}
+    def state(self) -> DebugExitState:
+        return DebugExitState()
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def from_state(self, state: DebugExitState) -> None:
         pass

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-from ..errors import DeviceError
+from .base import RegisterState, register
 
 A20_ENABLE = 0x02
 FAST_RESET = 0x01
+
+
+@dataclass(frozen=True)
+class Port92State(RegisterState):
+    DEVICE: ClassVar[str] = "port92"
+    value: int = register()
 
 
 class SystemControlPortA:
@@ -17,6 +24,8 @@ class SystemControlPortA:
     Guest memory is never wrapped at 1 MiB: livemig behaves as if A20 were
     always on, which is what every guest that sets the bit wants.
     """
+
+    STATE = Port92State
 
     def __init__(self, request_reset: Callable[[], None], name: str = "port92") -> None:
         self.name = name
@@ -34,11 +43,8 @@ class SystemControlPortA:
         if value & FAST_RESET:
             self._request_reset()
 
-    def state(self) -> dict[str, Any]:
-        return {"value": self.value}
+    def state(self) -> Port92State:
+        return Port92State(self.value)
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        try:
-            self.value = int(state["value"]) & A20_ENABLE
-        except (KeyError, TypeError, ValueError) as err:
-            raise DeviceError(f"{self.name}: bad saved state {state!r}") from err
+    def from_state(self, state: Port92State) -> None:
+        self.value = state.value & A20_ENABLE

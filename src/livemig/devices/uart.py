@@ -8,9 +8,10 @@ holding register empty, transmitter empty". There is no receive path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-from ..errors import DeviceError
+from .base import RegisterState, register
 
 # Register offsets (with DLAB clear unless noted).
 THR_RBR_DLL = 0
@@ -31,8 +32,24 @@ MSR_IDLE = 0xB0  # DCD, DSR and CTS asserted: a cable with a listener on it
 _STATE_KEYS = ("ier", "lcr", "mcr", "scr", "dll", "dlm", "fcr")
 
 
+@dataclass(frozen=True)
+class UartState(RegisterState):
+    """The UART's programmable registers (transmit is instant: no FIFO state)."""
+
+    DEVICE: ClassVar[str] = "serial0"
+    ier: int = register()
+    lcr: int = register()
+    mcr: int = register()
+    scr: int = register()
+    dll: int = register()
+    dlm: int = register()
+    fcr: int = register()
+
+
 class Uart16550:
     """COM port model; ``output`` receives each transmitted byte."""
+
+    STATE = UartState
 
     def __init__(self, output: Callable[[bytes], None], name: str = "serial0") -> None:
         self.name = name
@@ -88,15 +105,9 @@ class Uart16550:
         elif offset == SCR:
             self.scr = value
 
-    def state(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in _STATE_KEYS}
+    def state(self) -> UartState:
+        return UartState(**{key: getattr(self, key) for key in _STATE_KEYS})
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        try:
-            values = {key: int(state[key]) for key in _STATE_KEYS}
-        except (KeyError, TypeError, ValueError) as err:
-            raise DeviceError(f"{self.name}: bad saved state {state!r}") from err
-        for key, value in values.items():
-            if not 0 <= value <= 0xFF:
-                raise DeviceError(f"{self.name}: saved {key}={value} out of range")
-            setattr(self, key, value)
+    def from_state(self, state: UartState) -> None:
+        for key in _STATE_KEYS:
+            setattr(self, key, getattr(state, key))

@@ -23,3 +23,4 @@ class MachineConfig:
     incoming: bool = False
     debug_exit: DebugExitConfig | None = None
     no_reboot: bool = False
+    uuid: str | None = None  # -uuid, lower-case canonical form; None: not set

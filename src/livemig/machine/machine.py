@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..accel import (
     CpuState,
@@ -21,12 +21,15 @@ from ..accel import (
     TripleFault,
     create_first,
 )
-from ..devices import IoBus, IsaDebugExit, SystemControlPortA, Uart16550
+from ..devices import IoBus, IsaDebugExit, RegisterState, SystemControlPortA, Uart16550
 from ..errors import DeviceError, MachineError
 from ..memory import GuestRam
 from .config import MachineConfig
 from .runstate import NEEDS_RESET, RunState
 from .vcpu import VcpuThread
+
+if TYPE_CHECKING:
+    from ..memory.dirty import DirtyTracker
 
 log = logging.getLogger(__name__)
 
@@ -213,17 +216,17 @@ class Machine:
             self.accel.close()
 
     # --- state for migration (vCPUs stopped) -----------------------------------------
-    def save_cpu_state(self) -> dict[str, Any]:
+    def save_cpu_state(self) -> CpuState:
         if self.accel is None:
             state = CpuState.boot()
             state.halted = True
-            return state.to_dict()
+            return state
         state = self.accel.get_state()
         state.halted = self.vcpu.halted if self.vcpu is not None else False
-        return state.to_dict()
+        return state
 
-    def load_cpu_state(self, data: dict[str, Any]) -> None:
-        state = CpuState.from_dict(data)
+    def load_cpu_state(self, state: CpuState) -> None:
+        """Adopt a validated vCPU state."""
         if self.accel is None:
             return
         self.accel.code_changed(0, self.ram.size)
@@ -231,17 +234,29 @@ class Machine:
         if self.vcpu is not None:
             self.vcpu.set_halted(state.halted)
 
-    def save_device_states(self) -> dict[str, dict[str, Any]]:
+    def device_state_types(self) -> dict[str, type[RegisterState]]:
+        """Each device's name and the type of its migrated state."""
+        return {dev.name: dev.STATE for dev in self.bus.devices}
+
+    def save_device_states(self) -> dict[str, RegisterState]:
         with self.bus.lock:
             return {dev.name: dev.state() for dev in self.bus.devices}
 
-    def load_device_states(self, states: dict[str, dict[str, Any]]) -> None:
+    def load_device_states(self, states: dict[str, RegisterState]) -> None:
+        """Adopt validated states: one for every device, of its own type."""
         with self.bus.lock:
-            known = {dev.name: dev for dev in self.bus.devices}
+            devices = {dev.name: dev for dev in self.bus.devices}
+            if set(states) != set(devices):
+                raise DeviceError(f"device states for {sorted(states)}, devices {sorted(devices)}")
             for name, state in states.items():
-                if name not in known:
-                    raise DeviceError(f"the stream has state for unknown device '{name}'")
-                known[name].load_state(state)
+                devices[name].from_state(state)
+
+    def dirty_tracker(self) -> DirtyTracker:
+        """The tracker that sees the guest's writes under this accelerator."""
+        if self.accel is not None:
+            return self.accel.dirty_tracker(self.ram)
+        from ..memory.dirty import process_tracker
+        return process_tracker(self.ram)
 
     @property
     def vcpu_thread_id(self) -> int:

@@ -18,15 +18,18 @@ accelerator-level mechanism sees.
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 import numpy as np
 
 from ..kvm import KvmVm
-from ..uffd import Userfaultfd
+from ..uffd import Userfaultfd, probe_wp_async
 from ..uffd import abi as uffd_abi
 from ..uffd.pagemap import WrittenPageScanner
 from .ram import PAGE_SIZE, GuestRam
+
+log = logging.getLogger(__name__)
 
 _WORDS_PER_PAGE = PAGE_SIZE // 8
 _COMPARE_BLOCK = 4096  # pages compared per numpy call: bounds temporary memory
@@ -138,3 +141,15 @@ class ShadowDirtyTracker:
 
     def stop(self) -> None:
         self._shadow = None
+
+
+def process_tracker(ram: GuestRam) -> DirtyTracker:
+    """A tracker that sees every writer in this process: userfaultfd
+    write-protect, or (slower, memory-hungry) the shadow compare where the
+    kernel lacks asynchronous write-protect. Used under tcg and qtest."""
+    problem = probe_wp_async()
+    if problem is None:
+        return UffdWpDirtyTracker(ram)
+    log.warning("userfaultfd write-protect unavailable (%s): dirty tracking falls back to "
+                "comparing RAM with a copy", problem)
+    return ShadowDirtyTracker(ram)
