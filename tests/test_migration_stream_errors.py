@@ -15,26 +15,29 @@ import struct
 import pytest
 from conftest import LIVEMIG
 from migration_helpers import start_dest
+from stream_helpers import (
+    DESCRIPTION,
+    END,
+    PAGES,
+    POSTCOPY_RUN,
+    RAM,
+    RESUME,
+    discard,
+    header,
+    raw_state,
+    run,
+    state_body,
+    state_record,
+    state_with,
+)
 
 from livemig.lab import VmLauncher, VmmKind, wait_until
 
 pytestmark = pytest.mark.skipif(LIVEMIG is None, reason="livemig not installed")
 
 KIND = VmmKind("livemig-tcg", LIVEMIG or "", "tcg")
-RAM = 150 << 20
-PAGES = RAM // 4096
-DESCRIPTION = {"devices": ["port92", "serial0"], "machine": "pc", "ram-size": RAM, "vcpus": 1}
 
-
-def header(magic: bytes = b"LVMG", version: int = 1, page: int = 4096, ram: int = RAM,
-           description: dict | None = None) -> bytes:  # type: ignore[type-arg]
-    desc = json.dumps(description or DESCRIPTION, sort_keys=True).encode()
-    return struct.pack("<4sHIQI", magic, version, page, ram, len(desc)) + desc
-
-
-def run(tag: int, first: int, count: int) -> bytes:
-    return struct.pack("<BQI", tag, first, count)
-
+DEEP = b"[" * 100_000 + b"]" * 100_000
 
 CASES = {
     "wrong magic": (header(magic=b"QEVM"), "not a livemig migration stream"),
@@ -47,9 +50,40 @@ CASES = {
     "unknown record": (header() + b"\x7f", "unknown record type 0x7f"),
     "truncated page run": (header() + run(1, 256, 4) + bytes(100), "ended early"),
     "state too large": (header() + struct.pack("<BI", 3, 1 << 30), "too large"),
-    "state not JSON": (header() + struct.pack("<BI", 3, 5) + b"{{{{{", "malformed device state"),
-    "end without state": (header() + b"\x05", "without vCPU and device state"),
+    "state not JSON": (header() + raw_state(b"{{{{{"), "malformed device state"),
     "empty stream": (b"", "ended early"),
+    # Phases: a record that is well formed but not allowed where it stands.
+    "end without state": (header() + END, "unexpected End record in phase 'precopy-start'"),
+    "state twice": (header() + state_record() + state_record(),
+                    "unexpected State record in phase 'state-loaded'"),
+    "pages after state": (header() + state_record() + run(2, 0, 1),
+                          "unexpected ZeroRun record in phase 'state-loaded'"),
+    "discard without advice": (header() + discard(0, 1),
+                               "unexpected Discard record in phase 'precopy-start'"),
+    "switchover without discard": (header() + run(2, 0, 16) + POSTCOPY_RUN,
+                                   "unexpected PostcopyRun record in phase 'precopy'"),
+    "resume on a main channel": (header() + RESUME, "unexpected Resume record"),
+    "header twice": (header() + header(), "unknown record type 0x4c"),
+    # Machine state: validated whole before any of it is applied.
+    "state missing a device": (header() + state_record({**state_body(), "devices": {
+                                   "serial0": state_body()["devices"]["serial0"]}}),
+                               "no state for device 'port92'"),
+    "state for an unknown device": (
+        header() + state_record({**state_body(), "devices": {
+            **state_body()["devices"], "floppy": {}}}), "unknown device 'floppy'"),
+    "state nested deeply": (header() + raw_state(DEEP), "nested too deeply"),
+    "rip infinite": (header() + raw_state(json.dumps(state_body()).replace(
+        '"rip": 31744', '"rip": 1e999').encode()), "out of range"),
+    "rip too large": (header() + state_with(["vcpus", "0", "core", "rip"], 2**70),
+                      "'rip' = 1180591620717411303424 is not a 64-bit unsigned integer"),
+    "cr0 too large": (header() + state_with(["vcpus", "0", "core", "cr0"], 2**64),
+                      "'cr0' = 18446744073709551616 is not a 64-bit"),
+    "cs not an object": (header() + state_with(["vcpus", "0", "core", "segments", "cs"], []),
+                         "'cs' is missing or not an object"),
+    "uart register too wide": (header() + state_with(["devices", "serial0", "lcr"], 256),
+                               "saved lcr=256 is not a 8-bit register value"),
+    "running not a boolean": (header() + state_with(["running"], "yes"),
+                              "'running' is not a boolean"),
 }
 
 

@@ -11,19 +11,18 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from pathlib import Path
 
 import pytest
 from conftest import LIVEMIG
 from migration_helpers import migrate, start_dest, wait_for_status
 from postcopy_helpers import set_capability, set_parameter
-from test_migration_stream_errors import KIND, PAGES, header, run
+from stream_helpers import ADVISE, PAGES, POSTCOPY_RUN, discard, header, run, state_record
+from test_migration_stream_errors import KIND
 
 from livemig.lab import VmLauncher, wait_until
 
 pytestmark = pytest.mark.skipif(LIVEMIG is None, reason="livemig not installed")
 
-ADVISE, DISCARD, POSTCOPY_RUN = b"\x06", 0x07, b"\x08"
 
 
 def _drain(conn: socket.socket) -> threading.Thread:
@@ -41,7 +40,7 @@ def _drain(conn: socket.socket) -> threading.Thread:
 @pytest.mark.parametrize("message,expected", [
     (struct.pack("<BQI", 0x41, PAGES - 1, 2), "outside guest RAM"),
     (struct.pack("<BQI", 0x41, 2**63, 1), "outside guest RAM"),
-    (b"\x99", "unknown message type 0x99"),
+    (b"\x99", "unknown return-path message type 0x99"),
     (struct.pack("<BQ", 0x42, 3) + b"abc", "page bitmap of 3 bytes"),
 ], ids=["request-past-end", "request-far-outside", "unknown-message", "short-bitmap"])
 def test_source_pauses_on_bad_return_path(lab: VmLauncher, message: bytes,
@@ -72,33 +71,6 @@ def test_source_pauses_on_bad_return_path(lab: VmLauncher, message: bytes,
     assert "Traceback" not in src.stderr_text()
 
 
-def _captured_state(lab: VmLauncher) -> bytes:
-    """A real STATE record: migrate a never-started VM into a file, cut it out."""
-    image = lab.workdir / "stream.bin"
-    vm = lab.start(KIND, "capture", extra=["-S"])
-    vm.cmd("migrate-set-parameters", **{"max-bandwidth": 100_000_000_000})
-    migrate(vm, f"exec:cat > {image}")
-    wait_for_status(vm, "completed", timeout=60)
-    vm.quit()
-    return _state_record(image)
-
-
-def _state_record(image: Path) -> bytes:
-    data = image.read_bytes()
-    pos = struct.calcsize("<4sHIQI")
-    pos += struct.unpack_from("<I", data, pos - 4)[0]
-    while True:
-        tag = data[pos]
-        if tag in (1, 2, 4):
-            count = struct.unpack_from("<BQI", data, pos)[2]
-            pos += 13 + (count * 4096 if tag == 1 else 0)
-        elif tag == 3:
-            length = struct.unpack_from("<BI", data, pos)[1]
-            return data[pos:pos + 5 + length]
-        else:
-            raise AssertionError(f"no state record in the captured stream (tag {tag})")
-
-
 PAGE = bytes(range(256)) * 16
 FIRST_MISSING = 256  # pages [256, 1280) are discarded, so missing after switchover
 
@@ -109,17 +81,20 @@ FIRST_MISSING = 256  # pages [256, 1280) are discarded, so missing after switcho
     (run(2, 2**40, 1), "outside guest RAM"),
     (run(1, FIRST_MISSING + 1, 2048) + PAGE * 2048, "larger than allowed"),
     (b"\x7f", "unknown record type 0x7f"),
-], ids=["page-twice", "page-past-end", "zero-far-outside", "run-too-long", "unknown-record"])
+    (POSTCOPY_RUN, "unexpected PostcopyRun record in phase 'postcopy'"),
+    (state_record(), "unexpected State record in phase 'postcopy'"),
+], ids=["page-twice", "page-past-end", "zero-far-outside", "run-too-long", "unknown-record",
+        "second-switchover", "state-after-switchover"])
 def test_destination_pauses_on_bad_postcopy_page(lab: VmLauncher, bad: bytes,
                                                  expected: str) -> None:
-    state = _captured_state(lab)
+    state = state_record()
     path = lab.workdir / "in.sock"
     dst = start_dest(lab, KIND, "dst", f"unix:{path}")
     set_capability(dst, "postcopy-ram")
-    discard = struct.pack("<BQ", DISCARD, 1) + struct.pack("<QQ", FIRST_MISSING, 1024)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(path))
-        sock.sendall(header() + ADVISE + run(2, 0, PAGES) + discard + state + POSTCOPY_RUN)
+        sock.sendall(header() + ADVISE + run(2, 0, PAGES) + discard(FIRST_MISSING, 1024) + state
+                     + POSTCOPY_RUN)
         wait_for_status(dst, "postcopy-active", timeout=30)
         sock.sendall(run(1, FIRST_MISSING, 1) + PAGE)          # a good page first
         try:

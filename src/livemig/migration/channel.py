@@ -1,7 +1,9 @@
 """Migration transports: ``unix:``, ``tcp:``, ``fd:`` and ``exec:`` URIs.
 
-A :class:`Channel` is a byte pipe with gathered writes and reads straight
-into a buffer (guest RAM on the destination). Sockets and pipes both fit.
+A :class:`Channel` is a byte pipe with gathered writes and a buffered
+reader (codec.BufferedReader) whose large reads go straight into guest RAM.
+Sockets and pipes both fit. Channels carry records; they never interpret
+them.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import os
 import socket
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import MigrationError
+from .codec import BufferedReader
+from .uri import Uri
 
 IOV_MAX = 1024
 SOCKET_BUFFER = 4 << 20  # 4 MiB each way: ~1.7x the loopback throughput of the default
@@ -32,21 +35,29 @@ def _enlarge_buffers(sock: socket.socket) -> None:
                 pass  # keep the kernel's default: slower, still correct
 
 
-# A TCP peer that acknowledges nothing for this long is gone (link down,
-# host dead): the kernel then fails the socket instead of retrying for
-# many minutes. Keepalive probes find it even when no data is in flight.
-TCP_DEAD_PEER_MS = 4000
+# How long a TCP peer may acknowledge nothing before the kernel fails the
+# socket, by phase (docs/migration.md, "Dead peers"). Precopy: no limit of
+# our own. The source still has the whole guest, so waiting out a stalled
+# destination (SIGSTOP, a busy host) costs nothing, while giving up would
+# throw the migration away. Postcopy: 4 s. Each side then lacks part of the
+# guest, a pause is cheap and recoverable, and waiting for TCP's own
+# retransmission timeout (many minutes) would leave the guest stuck on its
+# missing pages. Keepalive probes find a dead peer when nothing is in
+# flight, in either phase.
+POSTCOPY_DEAD_PEER_MS = 4000
+PRECOPY_DEAD_PEER_MS = 0  # 0: the kernel's own retransmission limits
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 1, 1, 3
 
 
-def _watch_tcp_peer(sock: socket.socket) -> None:
-    """Make a dead TCP peer an error within seconds (see TCP_DEAD_PEER_MS)."""
+def _watch_tcp_peer(sock: socket.socket, postcopy: bool) -> None:
+    """Set keepalive and the phase's dead-peer timeout on a TCP socket."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_DEAD_PEER_MS)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                    POSTCOPY_DEAD_PEER_MS if postcopy else PRECOPY_DEAD_PEER_MS)
 
 
 class Channel:
@@ -54,13 +65,15 @@ class Channel:
 
     def __init__(self, sock: socket.socket | None = None, rfd: int | None = None,
                  wfd: int | None = None, process: subprocess.Popen[bytes] | None = None,
-                 label: str = "") -> None:
+                 label: str = "", tcp: bool = False) -> None:
         self.sock = sock
         if sock is not None:
             _enlarge_buffers(sock)
         self._rfd, self._wfd = rfd, wfd
         self._process = process
         self.label = label
+        self.tcp = tcp
+        self._reader: BufferedReader | None = None
 
     def send(self, buffers: Sequence[bytes | memoryview]) -> int:
         """Write every buffer, in order; gathered into few system calls."""
@@ -86,23 +99,29 @@ class Channel:
                     sent = 0
         return total
 
-    def recv_into(self, buffer: memoryview) -> None:
-        """Fill ``buffer`` exactly; EOF before that is an error."""
-        view = memoryview(buffer).cast("B")
-        while len(view):
-            if self.sock is not None:
-                got = self.sock.recv_into(view)
-            else:
-                assert self._rfd is not None
-                got = os.readv(self._rfd, [view])
-            if got == 0:
-                raise EOFError("migration stream ended early")
-            view = view[got:]
+    def recv_some(self, view: memoryview) -> int:
+        """Read what is there into ``view`` (at least one byte; 0 at EOF)."""
+        if self.sock is not None:
+            return self.sock.recv_into(view)
+        assert self._rfd is not None
+        return os.readv(self._rfd, [view])
 
-    def recv(self, size: int) -> bytes:
-        buf = bytearray(size)
-        self.recv_into(memoryview(buf))
-        return bytes(buf)
+    @property
+    def reader(self) -> BufferedReader:
+        """The one reader of this channel (its read-ahead buffer is the channel's)."""
+        if self._reader is None:
+            self._reader = BufferedReader(self.recv_some)
+        return self._reader
+
+    def enter_postcopy(self) -> None:
+        """From switchover on, a silent TCP peer is dead after 4 s (see above)."""
+        if self.sock is not None and self.tcp:
+            _watch_tcp_peer(self.sock, postcopy=True)
+
+    def describe_write_error(self, err: OSError) -> str:
+        """error-desc for a failed write, in QEMU's words."""
+        what = "command" if self._process is not None else "socket"
+        return f"Unable to write to {what}: {err.strerror or err}"
 
     def shrink_send_buffer(self, size: int) -> None:
         """Cap how much sent data may queue in the kernel (postcopy: a
@@ -151,138 +170,150 @@ class Channel:
                 self._process.kill()
 
 
-@dataclass(frozen=True)
-class Uri:
-    scheme: str            # unix | tcp | fd | exec
-    target: str            # path, fd name, command
-    host: str = ""
-    port: int = 0
-
-
-def parse_uri(uri: str) -> Uri:
-    scheme, sep, rest = uri.partition(":")
-    if not sep or not rest:
-        raise MigrationError(f"Invalid URI: '{uri}'")
-    if scheme == "unix":
-        return Uri("unix", rest)
-    if scheme in ("fd", "exec"):
-        return Uri(scheme, rest)
-    if scheme == "tcp":
-        host, sep, port = rest.rpartition(":")
-        if not sep:
-            raise MigrationError(f"error parsing address '{rest}'")
-        try:
-            number = int(port)
-        except ValueError as err:
-            raise MigrationError(f"error parsing port in address '{rest}'") from err
-        return Uri("tcp", rest, host.strip("[]"), number)
-    raise MigrationError(f"unknown migration protocol: {uri}")
-
-
 def _tcp_host(host: str) -> str | None:
     return None if host in ("", "0") else host
 
 
-def connect(uri: str, take_fd: Callable[[str], int]) -> Channel:
-    """The source side: connect to ``uri``."""
-    u = parse_uri(uri)
-    try:
-        if u.scheme == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def connect(uri: Uri, fd: int | None = None, postcopy: bool = False) -> Channel:
+    """The source side: open a channel to ``uri`` (``fd``: the descriptor an
+    ``fd:`` URI named, already taken from getfd). ``postcopy``: the channel
+    recovers a paused postcopy (TCP's short dead-peer timeout at once)."""
+    label = f"{uri.scheme}:{uri.target}"
+    if uri.scheme == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(uri.target)
+        except OSError as err:
+            sock.close()
+            raise MigrationError(f"Failed to connect to '{uri.address}': "
+                                 f"{err.strerror or err}") from err
+        return Channel(sock, label=label)
+    if uri.scheme == "tcp":
+        host = _tcp_host(uri.host) or "0.0.0.0"
+        try:
+            infos = socket.getaddrinfo(host, uri.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as err:
+            raise MigrationError(f"address resolution failed for {uri.address}: "
+                                 f"{err.strerror}") from err
+        last: OSError | None = None
+        for family, kind, proto, _name, address in infos:
+            sock = socket.socket(family, kind, proto)
             try:
-                sock.connect(u.target)
-            except OSError:
+                sock.settimeout(30)
+                sock.connect(address)
+                sock.settimeout(None)
+            except OSError as err:
                 sock.close()
-                raise
-            return Channel(sock, label=uri)
-        if u.scheme == "tcp":
-            host = _tcp_host(u.host) or "0.0.0.0"
-            sock = socket.create_connection((host, u.port), timeout=30)
-            sock.settimeout(None)
-            _watch_tcp_peer(sock)
-            return Channel(sock, label=uri)
-        if u.scheme == "fd":
-            fd = take_fd(u.target)
-            try:
-                sock = socket.socket(fileno=fd)
-                return Channel(sock, label=uri)
-            except OSError:
-                return Channel(wfd=fd, label=uri)  # a pipe
-        proc = subprocess.Popen(["/bin/sh", "-c", u.target], stdin=subprocess.PIPE)
-        assert proc.stdin is not None
-        wfd = os.dup(proc.stdin.fileno())
-        proc.stdin.close()
-        return Channel(wfd=wfd, process=proc, label=uri)
+                last = err
+                continue
+            _watch_tcp_peer(sock, postcopy)
+            return Channel(sock, label=label, tcp=True)
+        assert last is not None
+        raise MigrationError(f"Failed to connect to '{uri.address}': "
+                             f"{last.strerror or last}") from last
+    if uri.scheme == "fd":
+        assert fd is not None
+        try:
+            return Channel(socket.socket(fileno=fd), label=label)
+        except OSError:
+            return Channel(wfd=fd, label=label)  # a pipe or a file
+    try:
+        proc = subprocess.Popen(["/bin/sh", "-c", uri.target], stdin=subprocess.PIPE)
     except OSError as err:
-        raise MigrationError(f"Failed to connect to '{uri}': {err.strerror or err}") from err
+        raise MigrationError(f"Unable to start command '{uri.target}': "
+                             f"{err.strerror or err}") from err
+    assert proc.stdin is not None
+    wfd = os.dup(proc.stdin.fileno())
+    proc.stdin.close()
+    return Channel(wfd=wfd, process=proc, label=label)
+
+
+TakeFd = Callable[[str], int]
+
+
+def incoming_fd(uri: Uri, take_fd: TakeFd) -> int:
+    """``fd:N`` (an inherited descriptor) or ``fd:NAME`` (one handed over
+    with getfd), as QEMU's incoming side takes either."""
+    if uri.target.isdigit():
+        return int(uri.target)
+    return take_fd(uri.target)
 
 
 class Listener:
     """The destination side: where one incoming connection will arrive."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: Uri, take_fd: TakeFd) -> None:
         self.uri = uri
-        self.parsed = parse_uri(uri)
         self._sock: socket.socket | None = None
-        u = self.parsed
+        self._fd: int | None = None
         try:
-            if u.scheme == "unix":
-                if os.path.exists(u.target):
-                    os.unlink(u.target)
+            if uri.scheme == "unix":
+                if os.path.exists(uri.target):
+                    os.unlink(uri.target)
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._sock.bind(u.target)
+                self._sock.bind(uri.target)
                 self._sock.listen(1)
-            elif u.scheme == "tcp":
-                host = _tcp_host(u.host)
+            elif uri.scheme == "tcp":
+                host = _tcp_host(uri.host)
                 family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
-                info = socket.getaddrinfo(host, u.port, family, socket.SOCK_STREAM,
+                info = socket.getaddrinfo(host, uri.port, family, socket.SOCK_STREAM,
                                           flags=socket.AI_PASSIVE)[0]
                 self._sock = socket.socket(info[0], socket.SOCK_STREAM)
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 self._sock.bind(info[4])
                 self._sock.listen(1)
+            elif uri.scheme == "fd":
+                self._fd = incoming_fd(uri, take_fd)
         except OSError as err:
             if self._sock is not None:
                 self._sock.close()
-            raise MigrationError(f"Failed to listen on '{uri}': {err.strerror or err}") from err
+            raise MigrationError(f"Failed to listen on '{uri.address}': "
+                                 f"{err.strerror or err}") from err
 
     def socket_address(self) -> list[dict[str, Any]]:
         """What query-migrate reports as ``socket-address``."""
         if self._sock is None:
             return []
-        if self.parsed.scheme == "unix":
-            return [{"type": "unix", "path": self.parsed.target}]
+        if self.uri.scheme == "unix":
+            return [{"type": "unix", "path": self.uri.target}]
         host, port = self._sock.getsockname()[:2]
         return [{"type": "inet", "host": host, "port": str(port)}]
 
-    def accept(self) -> Channel:
-        u = self.parsed
+    def accept(self, postcopy: bool = False) -> Channel:
+        """Wait for the source. ``postcopy``: a recovery channel."""
+        uri = self.uri
+        label = f"{uri.scheme}:{uri.target}"
         if self._sock is not None:
             conn, _ = self._sock.accept()
-            if u.scheme == "tcp":
-                _watch_tcp_peer(conn)
-            return Channel(conn, label=self.uri)
-        if u.scheme == "fd":
+            if uri.scheme == "tcp":
+                _watch_tcp_peer(conn, postcopy)
+            return Channel(conn, label=label, tcp=uri.scheme == "tcp")
+        if uri.scheme == "fd":
+            fd, self._fd = self._fd, None
+            if fd is None:
+                raise MigrationError(f"incoming {label}: the descriptor was used already")
             try:
-                fd = int(u.target)
-            except ValueError as err:
-                raise MigrationError(f"incoming fd:{u.target}: not a file descriptor") from err
-            try:
-                return Channel(socket.socket(fileno=fd), label=self.uri)
+                return Channel(socket.socket(fileno=fd), label=label)
             except OSError:
-                return Channel(rfd=fd, label=self.uri)
-        proc = subprocess.Popen(["/bin/sh", "-c", u.target], stdout=subprocess.PIPE)
+                return Channel(rfd=fd, label=label)
+        proc = subprocess.Popen(["/bin/sh", "-c", uri.target], stdout=subprocess.PIPE)
         assert proc.stdout is not None
         rfd = os.dup(proc.stdout.fileno())
         proc.stdout.close()
-        return Channel(rfd=rfd, process=proc, label=self.uri)
+        return Channel(rfd=rfd, process=proc, label=label)
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
-            if self.parsed.scheme == "unix":
+            if self.uri.scheme == "unix":
                 try:
-                    os.unlink(self.parsed.target)
+                    os.unlink(self.uri.target)
                 except OSError:
                     pass
             self._sock = None
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None

@@ -1,11 +1,15 @@
 """The destination side of a migration: precopy records, then maybe postcopy.
 
-Every record is checked before it touches memory: page runs must lie inside
-guest RAM, lengths are bounded, unknown tags end the load. Before
-switchover any error makes the status ``failed`` and, as QEMU does, the
-process exits non-zero. After switchover the guest runs here and part of its
-memory is still on the source, so an error never fails the migration: it
-pauses it (``postcopy-paused``) until ``migrate-recover`` brings a new channel.
+Every record comes through the codec (bounds-checked against guest RAM)
+and through the receive phases (phases.py: is this record allowed now?)
+before it touches anything. The machine state is validated whole when its
+record arrives and applied only at the end of precopy, or at switchover.
+Before switchover any error makes the status ``failed`` and, as QEMU does,
+the process exits non-zero. After switchover the guest runs here and part
+of its memory is still on the source, so an error never fails the
+migration: it pauses it (``postcopy-paused``) until ``migrate-recover``
+brings a new channel. Every status change is a transition of
+``self.status``; the job thread ends in a catch-all (jobthread).
 """
 
 from __future__ import annotations
@@ -14,244 +18,282 @@ import ctypes
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
-
-import numpy as np
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LivemigError, MigrationError, MigrationReceiveError
 from ..machine import Machine, RunState
 from ..memory import PAGE_SIZE
 from ..uffd import probe_missing
-from . import return_path as rp
-from .channel import Channel, Listener
-from .outgoing import machine_description
-from .params import Settings
-from .postcopy_dest import PostcopyDestination
-from .stats import JobTimes, RamStats
-from .wire import (
-    BLOB,
-    COUNT,
-    HEADER,
-    MAX_RUN_PAGES,
-    MAX_STATE,
-    RANGE,
-    RUN,
-    TAG_DISCARD,
-    TAG_END,
-    TAG_PAGES,
-    TAG_POSTCOPY_ADVISE,
-    TAG_POSTCOPY_RUN,
-    TAG_RESUME,
-    TAG_STATE,
-    TAG_SYNC,
-    TAG_ZERO,
-    decode_header,
-    decode_json,
+from . import faults, jobthread, state
+from .channel import Channel, Listener, TakeFd
+from .codec import (
+    Discard,
+    Done,
+    End,
+    Limits,
+    PageRun,
+    PagesHeld,
+    PostcopyAdvise,
+    PostcopyRun,
+    State,
+    Sync,
+    ZeroRun,
+    read_header,
+    read_record,
 )
+from .params import Settings
+from .phases import AFTER_SWITCHOVER, Phase, advance
+from .return_path import ReturnPath
+from .stats import JobTimes, RamStats
+from .status import DESTINATION_TRANSITIONS, IllegalTransition, Status, StatusMachine
+from .uri import Uri
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .postcopy_dest import PostcopyDestination
 
 log = logging.getLogger(__name__)
 
+S = Status
 _ERRORS = (LivemigError, OSError, EOFError)
 
 
+def describe_break(err: BaseException) -> str:
+    """error-desc of a postcopy destination that paused on ``err``."""
+    if isinstance(err, LivemigError):
+        return str(err)
+    return "migration channel broken: " + (getattr(err, "strerror", None) or str(err)
+                                           or type(err).__name__)
+
+
 class IncomingMigration:
-    def __init__(self, machine: Machine, settings: Settings, uri: str,
+    def __init__(self, machine: Machine, settings: Settings, uri: Uri,
                  emit: Callable[[str, dict[str, Any] | None], None],
-                 on_failure: Callable[[str], None]) -> None:
+                 on_failure: Callable[[str], None], take_fd: TakeFd) -> None:
         self.machine = machine
         self.settings = settings
         self._emit = emit
         self._on_failure = on_failure
-        self.listener = Listener(uri)
-        self.status = "none"
+        self.listener = Listener(uri, take_fd)
+        self.status = StatusMachine("destination", DESTINATION_TRANSITIONS, self._announce)
+        self.phase = Phase.HEADER
         self.error: str | None = None
         self.stats = RamStats(total=machine.ram.size)
         self.times = JobTimes()
+        self._limits = Limits(machine.ram.pages)
         self._channel: Channel | None = None
-        self._running: bool | None = None      # did the guest run on the source
-        self._advised = False
+        self._return: ReturnPath | None = None
+        self._state: state.MachineState | None = None   # validated, not yet applied
         self._discard: np.ndarray | None = None
         self.postcopy: PostcopyDestination | None = None
         self._cond = threading.Condition()
         self._recover_listener: Listener | None = None
-        self._thread = threading.Thread(target=self._run, name="migration_incoming", daemon=True)
+        self._take_fd = take_fd
+        self._thread: threading.Thread | None = None
+        self._earlier_bytes = 0  # received on channels before the current one (recovery)
+        self._service_failure: str | None = None  # why the fault service died, if it did
+
+    def _announce(self, status: Status) -> None:
+        if self.settings.caps["events"]:
+            self._emit("MIGRATION", {"status": status.value})
 
     def start(self) -> None:
-        if not self._thread.is_alive():
-            self._thread.start()
+        if self._thread is None:
+            self._thread = jobthread.start("migration_incoming", self._run, self._crashed)
 
     @property
-    def active(self) -> bool:
-        return self.status in ("setup", "active", "postcopy-active", "postcopy-paused",
-                               "postcopy-recover")
-
-    def _set_status(self, status: str) -> None:
-        self.status = status
-        if self.settings.caps["events"]:
-            self._emit("MIGRATION", {"status": status})
+    def in_progress(self) -> bool:
+        return self.status.in_progress
 
     # --- control (QMP thread) ------------------------------------------------------
     def pause(self) -> None:
-        """migrate-pause on the destination: drop the channel; postcopy pauses."""
+        """migrate-pause on the destination: break the channel; postcopy pauses."""
         channel = self._channel
         if channel is not None:
             channel.abort()
 
-    def recover(self, uri: str) -> None:
+    def recover(self, uri: Uri) -> None:
         """migrate-recover: listen on ``uri`` for the source's new channel."""
         with self._cond:
-            if self.status != "postcopy-paused":
+            if self.status.status != S.POSTCOPY_PAUSED:
                 raise MigrationError("Migrate recover can only be run when postcopy is paused.")
             if self._recover_listener is not None:
                 raise MigrationError("Migrate recovery is triggered already")
-            self._recover_listener = Listener(uri)
+            self._recover_listener = Listener(uri, self._take_fd)
             self._cond.notify_all()
 
     # --- the job ---------------------------------------------------------------------
+    @staticmethod
+    def _must(moved: bool) -> None:
+        if not moved:
+            raise IllegalTransition("internal error: the migration status changed under the job")
+
     def _run(self) -> None:
         try:
-            self._channel = self.listener.accept()
+            channel = self.listener.accept()
             self.listener.close()
+            self._channel = channel
             self.times = JobTimes()
-            self._set_status("setup")
-            self._read_header(self._channel)
-            self._set_status("active")
-            self._read_records(self._channel)
+            self._must(self.status.transition(S.NONE, S.SETUP))
+            self._read_header(channel)
+            self._must(self.status.transition(S.SETUP, S.ACTIVE))
+            self.phase = Phase.PRECOPY_START
+            self._receive(channel)
         except _ERRORS as err:
             if self.postcopy is None:
-                self._fail(err)
+                self._fail(str(err))
                 return
             self._close_channel()
-            self._recover_loop(err)
-        else:
-            if self.postcopy is None:
-                self._complete_precopy()
-            else:
-                self._complete_postcopy()
+            self._recover_loop(describe_break(err))
+            return
         finally:
             self.listener.close()
+        if self.postcopy is None:
+            self._complete_precopy()
+        else:
+            self._complete_postcopy()
 
-    def _fail(self, err: BaseException) -> None:
-        self.error = f"load of migration failed: {err}"
+    def _crashed(self, err: BaseException) -> None:
+        """The catch-all: fail before switchover (the process exits, as
+        QEMU's does on a failed load), pause after it."""
+        reason = jobthread.describe_crash(err)
+        new = self.status.crash(reason)
+        if new == S.FAILED:
+            self._fail(reason)
+        elif new == S.POSTCOPY_PAUSED:
+            self.error = reason
+            self._close_channel()
+            self._thread = jobthread.start("migration_incoming",
+                                           lambda: self._recover_loop(reason), self._crashed)
+
+    def _fail(self, reason: str) -> None:
+        self.error = f"load of migration failed: {reason}"
         log.error("%s", self.error)
         self._close_channel()
-        self._set_status("failed")
+        self.status.transition({S.NONE, S.SETUP, S.ACTIVE}, S.FAILED)
         self._on_failure(self.error)
 
     def _close_channel(self) -> None:
+        """Release the current channel (only this side's job thread calls it)."""
         channel, self._channel = self._channel, None
+        writer, self._return = self._return, None
         if self.postcopy is not None:
             self.postcopy.attach(None)
-        if channel is not None:
+        if writer is not None:
+            writer.close()
+        elif channel is not None:
             channel.close()
 
+    def _read_header(self, channel: Channel) -> None:
+        header = read_header(channel.reader)
+        self.stats.transferred = channel.reader.offset
+        if header.page_size != PAGE_SIZE:
+            raise MigrationReceiveError(
+                f"page size {header.page_size} differs from ours ({PAGE_SIZE})")
+        if header.ram_size != self.machine.ram.size:
+            raise MigrationReceiveError(
+                f"RAM size differs: the stream has {header.ram_size} bytes, this VM "
+                f"{self.machine.ram.size} (start the destination with the same -m)")
+        ours = state.machine_description(self.machine)
+        if header.machine != ours:
+            raise MigrationReceiveError(f"machine differs: source {header.machine}, "
+                                        f"destination {ours}")
+        self._check_uuid(header.uuid)
+
+    def _check_uuid(self, theirs: str | None) -> None:
+        """validate-uuid, as QEMU 7.2: only a source with the capability and a
+        UUID sends one; a destination without a UUID accepts any."""
+        if theirs is None:
+            return
+        ours = self.machine.config.uuid
+        if ours is None:
+            log.warning("UUID is received %s, but local uuid isn't set", theirs)
+        elif ours != theirs.lower():
+            raise MigrationReceiveError(f"UUID received is {theirs} and local is {ours}")
+
+    def _receive(self, channel: Channel) -> None:
+        """Load records until END."""
+        reader = channel.reader
+        while True:
+            offset = reader.offset
+            record = read_record(reader, self._limits)
+            self.phase = advance(self.phase, record, offset)
+            postcopy = self.phase in AFTER_SWITCHOVER
+            if not postcopy:
+                faults.check("receive-precopy")
+            elif isinstance(record, PageRun):
+                faults.check("receive-postcopy")
+            if isinstance(record, PageRun | ZeroRun):
+                if postcopy:
+                    self._place(channel, record)
+                else:
+                    self._load(channel, record)
+            elif isinstance(record, Sync):
+                self.stats.dirty_sync_count = record.count
+            elif isinstance(record, State):
+                self._state = state.decode(record.body, self.machine)
+            elif isinstance(record, PostcopyAdvise):
+                self._advise(channel)
+            elif isinstance(record, Discard):
+                self._discard = record.mask(self.machine.ram.pages)
+            elif isinstance(record, PostcopyRun):
+                self._switch_over(channel)
+            elif isinstance(record, End):
+                if self.postcopy is not None and self.postcopy.missing:
+                    raise MigrationReceiveError(
+                        f"stream ended with {self.postcopy.missing} pages still missing")
+                self.stats.transferred = self._earlier_bytes + reader.offset
+                return
+            self.stats.transferred = self._earlier_bytes + reader.offset
+
+    def _load(self, channel: Channel, record: PageRun | ZeroRun) -> None:
+        """Precopy: straight into RAM (nothing runs on it yet)."""
+        ram = self.machine.ram
+        start, length = record.first * PAGE_SIZE, record.count * PAGE_SIZE
+        if isinstance(record, PageRun):
+            channel.reader.readinto(ram.view[start:start + length])
+            self.stats.normal += record.count
+        else:
+            # Safe: the codec checked that [start, start+length) lies inside RAM.
+            ctypes.memset(ram.address + start, 0, length)
+            self.stats.duplicate += record.count
+
+    def _place(self, channel: Channel, record: PageRun | ZeroRun) -> None:
+        """Postcopy: through the staging buffer, placed atomically with uffd."""
+        postcopy = self.postcopy
+        assert postcopy is not None
+        if isinstance(record, PageRun):
+            length = record.count * PAGE_SIZE
+            if length > len(postcopy.staging):
+                raise MigrationReceiveError(
+                    f"postcopy page run of {record.count} pages is larger than allowed")
+            channel.reader.readinto(postcopy.staging[:length])
+            postcopy.place(record.first, record.count)
+            self.stats.normal += record.count
+            self.stats.postcopy_bytes += length
+        else:
+            postcopy.place_zero(record.first, record.count)
+            self.stats.duplicate += record.count
+
+    # --- the end of precopy ----------------------------------------------------------------
     def _complete_precopy(self) -> None:
+        assert self._state is not None  # the phases allow END only after a state record
+        state.apply(self.machine, self._state)
         self._close_channel()
         self.times.end = time.monotonic()
-        self._set_status("completed")
+        self._must(self.status.transition(S.ACTIVE, S.COMPLETED))
         self._start_guest()
 
     def _start_guest(self) -> None:
         """Run the guest here if it ran on the source (and no -S), else pause it."""
+        assert self._state is not None
         with self.machine.lock:
-            if self._running and self.machine.autostart:
+            if self._state.running and self.machine.autostart:
                 self.machine.resume()
             else:
                 self.machine.set_runstate(RunState.PAUSED)
-
-    def _read_header(self, channel: Channel) -> None:
-        page_size, ram_size, desc_len = decode_header(channel.recv(HEADER.size))
-        if page_size != PAGE_SIZE:
-            raise MigrationReceiveError(f"page size {page_size} differs from ours ({PAGE_SIZE})")
-        if ram_size != self.machine.ram.size:
-            raise MigrationReceiveError(
-                f"RAM size differs: the stream has {ram_size} bytes, this VM "
-                f"{self.machine.ram.size} (start the destination with the same -m)")
-        desc = decode_json(channel.recv(desc_len), "machine description")
-        ours = machine_description(self.machine)
-        if desc != ours:
-            raise MigrationReceiveError(f"machine differs: source {desc}, destination {ours}")
-
-    def _read_records(self, channel: Channel) -> None:
-        """Load records until END."""
-        ram = self.machine.ram
-        while True:
-            tag = channel.recv(1)[0]
-            if tag in (TAG_PAGES, TAG_ZERO, TAG_SYNC):
-                _tag, first, count = RUN.unpack(bytes([tag]) + channel.recv(RUN.size - 1))
-                self.stats.transferred += RUN.size
-                if tag == TAG_SYNC:
-                    self.stats.dirty_sync_count = first
-                    continue
-                if count == 0 or count > MAX_RUN_PAGES or first + count > ram.pages:
-                    raise MigrationReceiveError(
-                        f"page run {first}+{count} lies outside guest RAM ({ram.pages} pages)")
-                if self.postcopy is not None:
-                    self._place(channel, tag, first, count)
-                else:
-                    self._load_pages(channel, tag, first, count)
-            elif tag == TAG_STATE:
-                _tag, length = BLOB.unpack(bytes([tag]) + channel.recv(BLOB.size - 1))
-                if length > MAX_STATE:
-                    raise MigrationReceiveError(f"state record of {length} bytes is too large")
-                self._load_state(decode_json(channel.recv(length), "device state"))
-            elif tag == TAG_POSTCOPY_ADVISE:
-                self._advise(channel)
-            elif tag == TAG_DISCARD:
-                self._read_discard(channel)
-            elif tag == TAG_POSTCOPY_RUN:
-                self._switch_over(channel)
-            elif tag == TAG_END:
-                if self._running is None:
-                    raise MigrationReceiveError("stream ended without vCPU and device state")
-                if self.postcopy is not None and self.postcopy.missing:
-                    raise MigrationReceiveError(
-                        f"stream ended with {self.postcopy.missing} pages still missing")
-                return
-            else:
-                raise MigrationReceiveError(f"unknown record type {tag:#04x}")
-
-    def _load_pages(self, channel: Channel, tag: int, first: int, count: int) -> None:
-        """Precopy: straight into RAM (nothing runs on it yet)."""
-        ram = self.machine.ram
-        start, length = first * PAGE_SIZE, count * PAGE_SIZE
-        if tag == TAG_PAGES:
-            channel.recv_into(ram.view[start:start + length])
-            self.stats.normal += count
-            self.stats.transferred += length
-        else:
-            # Safe: [start, start+length) was checked to lie inside RAM.
-            ctypes.memset(ram.address + start, 0, length)
-            self.stats.duplicate += count
-
-    def _place(self, channel: Channel, tag: int, first: int, count: int) -> None:
-        """Postcopy: through the staging buffer, placed atomically with uffd."""
-        assert self.postcopy is not None
-        if tag == TAG_PAGES:
-            length = count * PAGE_SIZE
-            if length > len(self.postcopy.staging):
-                raise MigrationReceiveError(
-                    f"postcopy page run of {count} pages is larger than allowed")
-            channel.recv_into(self.postcopy.staging[:length])
-            self.postcopy.place(first, count)
-            self.stats.normal += count
-            self.stats.transferred += length
-            self.stats.postcopy_bytes += length
-        else:
-            self.postcopy.place_zero(first, count)
-            self.stats.duplicate += count
-
-    def _load_state(self, state: dict[str, Any]) -> None:
-        try:
-            cpu, devices, running = state["cpu"], state["devices"], state["running"]
-        except KeyError as err:
-            raise MigrationReceiveError(f"device state lacks {err}") from err
-        if not isinstance(devices, dict) or not isinstance(cpu, dict):
-            raise MigrationReceiveError("malformed device state")
-        self.machine.load_device_states(devices)
-        self.machine.load_cpu_state(cpu)
-        self._running = bool(running)
 
     # --- postcopy switchover ---------------------------------------------------------------
     def _advise(self, channel: Channel) -> None:
@@ -264,78 +306,54 @@ class IncomingMigration:
         why = probe_missing(kernel_faults=self.machine.accel_name == "kvm")
         if why is not None:
             raise MigrationReceiveError(f"postcopy needs userfaultfd here: {why}")
-        self._advised = True
-
-    def _read_discard(self, channel: Channel) -> None:
-        if not self._advised:
-            raise MigrationReceiveError("page discard list without postcopy advice")
-        pages = self.machine.ram.pages
-        _tag, count = COUNT.unpack(bytes([TAG_DISCARD]) + channel.recv(COUNT.size - 1))
-        if count > pages:
-            raise MigrationReceiveError(f"discard list of {count} runs is too long")
-        table = np.frombuffer(channel.recv(count * RANGE.size), dtype="<u8").reshape(count, 2)
-        starts, lengths = table[:, 0], table[:, 1]
-        ends = starts + lengths
-        if count and ((lengths == 0).any() or (ends > pages).any() or (ends < starts).any()):
-            raise MigrationReceiveError("discard list names pages outside guest RAM")
-        edges = np.zeros(pages + 1, dtype=np.int32)
-        np.add.at(edges, starts.astype(np.int64), 1)
-        np.add.at(edges, ends.astype(np.int64), -1)
-        self._discard = np.cumsum(edges[:-1]) > 0
 
     def _switch_over(self, channel: Channel) -> None:
-        """Postcopy from here: register RAM with userfaultfd, run the guest."""
-        if self._discard is None or self._running is None:
-            raise MigrationReceiveError("postcopy run before the discard list and device state")
-        postcopy = PostcopyDestination(self.machine, self._discard, self.machine.accel_name)
+        """Postcopy from here: apply the state, register RAM with userfaultfd,
+        run the guest."""
+        from .postcopy_dest import PostcopyDestination
+
+        assert self._discard is not None and self._state is not None  # the phases say so
+        state.apply(self.machine, self._state)
+        postcopy = PostcopyDestination(self.machine, self._discard, self.machine.accel_name,
+                                       self._service_crashed)
         postcopy.start()
         self.postcopy = postcopy
-        postcopy.attach(self._return_sender(channel))
-        self._set_status("postcopy-active")
+        channel.enter_postcopy()
+        self._return = ReturnPath(channel)
+        postcopy.attach(self._return.send)
+        self._must(self.status.transition(S.ACTIVE, S.POSTCOPY_ACTIVE))
         self._start_guest()
 
-    @staticmethod
-    def _return_sender(channel: Channel) -> Callable[[Sequence[bytes | memoryview]], bool]:
-        """A thread-safe send on the return path; a failure breaks the channel."""
-        lock = threading.Lock()
-
-        def send(buffers: Sequence[bytes | memoryview]) -> bool:
-            with lock:
-                try:
-                    channel.send(buffers)
-                    return True
-                except OSError as err:
-                    log.warning("postcopy return path: %s", err.strerror or err)
-                    channel.abort()  # the receiving thread sees it and pauses
-                    return False
-
-        return send
+    def _service_crashed(self, reason: str) -> None:
+        """The fault service died: pause (the job sees the broken channel)."""
+        self._service_failure = reason
+        channel = self._channel
+        if channel is not None:
+            channel.abort()
 
     def _complete_postcopy(self) -> None:
-        assert self.postcopy is not None and self._channel is not None
+        assert self.postcopy is not None and self._return is not None
         self.postcopy.finish()
-        send = self._return_sender(self._channel)
-        send([rp.done()])
+        self._return.send([Done().encode()])
         self._close_channel()
         self.times.end = time.monotonic()
-        self._set_status("completed")
+        self._must(self.status.transition(S.POSTCOPY_ACTIVE, S.COMPLETED))
 
     # --- pause and recovery ------------------------------------------------------------------
-    def _recover_loop(self, err: BaseException) -> None:
+    def _recover_loop(self, reason: str) -> None:
         """Pause; recover each time migrate-recover brings a channel; until END."""
         while True:
-            self.error = str(err) if isinstance(err, LivemigError) else (
-                "migration channel broken: " + (getattr(err, "strerror", None) or str(err)
-                                                or type(err).__name__))
-            log.warning("postcopy paused: %s", self.error)
-            self._set_status("postcopy-paused")
+            if self._service_failure is not None:
+                reason, self._service_failure = self._service_failure, None
+            self.error = reason
+            log.warning("postcopy paused: %s", reason)
+            self.status.transition({S.POSTCOPY_ACTIVE, S.POSTCOPY_RECOVER}, S.POSTCOPY_PAUSED)
             try:
                 channel = self._accept_recovery()
-                self._channel = channel
-                self._read_records(channel)
+                self._receive(channel)
             except _ERRORS as again:
                 self._close_channel()
-                err = again
+                reason = describe_break(again)
                 continue
             self._complete_postcopy()
             return
@@ -346,38 +364,40 @@ class IncomingMigration:
                 self._cond.wait()
             listener = self._recover_listener
         try:
-            channel = listener.accept()
+            channel = listener.accept(postcopy=True)
         finally:
             listener.close()
             with self._cond:
                 self._recover_listener = None
+        self._earlier_bytes = self.stats.transferred
         self._channel = channel
-        self._set_status("postcopy-recover")
+        self._must(self.status.transition(S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER))
+        self.phase = Phase.HEADER
         self._read_header(channel)
-        tag = channel.recv(1)[0]
-        if tag != TAG_RESUME:
-            raise MigrationReceiveError(f"recovery channel began with record {tag:#04x}, "
-                                        "not a resume request")
+        self.phase = Phase.RECOVERY
+        offset = channel.reader.offset
+        self.phase = advance(self.phase, read_record(channel.reader, self._limits), offset)
         assert self.postcopy is not None
-        send = self._return_sender(channel)
-        if not send(rp.have(self.postcopy.placed)):
+        self._return = ReturnPath(channel)
+        if not self._return.send([PagesHeld.from_mask(self.postcopy.placed).encode()]):
             raise MigrationReceiveError("could not tell the source which pages are here")
-        self.postcopy.attach(send)
+        self.postcopy.attach(self._return.send)
         self.postcopy.rerequest()
         self.error = None
-        self._set_status("postcopy-active")
+        self._must(self.status.transition(S.POSTCOPY_RECOVER, S.POSTCOPY_ACTIVE))
         return channel
 
     # --- query-migrate ----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"status": self.status}
-        if self.status == "none":
+        status = self.status.status
+        info: dict[str, Any] = {"status": status.value}
+        if status == S.NONE:
             info["socket-address"] = self.listener.socket_address()
             return info
-        if self.status in ("setup", "active"):
+        if status in (S.SETUP, S.ACTIVE):
             info["socket-address"] = self.listener.socket_address()
         info["total-time"] = self.times.total_ms()
-        if self.error is not None and self.status in ("failed", "postcopy-paused"):
+        if self.error is not None and status in (S.FAILED, S.POSTCOPY_PAUSED):
             info["error-desc"] = self.error
         info["ram"] = self.stats.to_qmp()
         if self.postcopy is not None and self.settings.caps["postcopy-blocktime"]:
@@ -387,3 +407,5 @@ class IncomingMigration:
         if self.postcopy is not None:
             info["livemig-fault-latency"] = self.postcopy.latency.summary()
         return info
+
+

@@ -2,23 +2,34 @@
 
 One manager per VM. It owns the parameters and capabilities, the current
 outgoing job (source) and the incoming job (destination), and the file
-descriptors handed over with ``getfd``.
+descriptors handed over with ``getfd``. Each QMP command is one method
+here, which checks what QEMU checks before answering and then calls one
+method of the job.
+
+The job modules (and numpy with them) are imported when a job is made,
+not when livemig starts: a VM that never migrates never loads them.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MigrationError
 from ..machine import Machine, RunState
 from ..uffd import probe_missing
-from .incoming import IncomingMigration
-from .outgoing import OutgoingMigration
 from .params import Settings
+from .status import Status
+from .uri import Uri, parse_uri
+
+if TYPE_CHECKING:
+    from .incoming import IncomingMigration
+    from .outgoing import OutgoingMigration
 
 EventSink = Callable[[str, dict[str, Any] | None], None]
+
+S = Status
 
 
 class MigrationManager:
@@ -32,12 +43,11 @@ class MigrationManager:
         self.incoming: IncomingMigration | None = None
         self.deferred = False
         self.fds: dict[str, int] = {}
-        self._postcopy_asked = False  # migrate-start-postcopy came before migrate
 
     # --- state -------------------------------------------------------------------
     @property
     def busy(self) -> bool:
-        return any(job is not None and job.active for job in (self.outgoing, self.incoming))
+        return any(job is not None and job.in_progress for job in (self.outgoing, self.incoming))
 
     def _refuse_if_busy(self) -> None:
         if self.busy:
@@ -53,13 +63,15 @@ class MigrationManager:
         if uri == "defer":
             self.deferred = True
             return
-        self.incoming = IncomingMigration(self.machine, self.settings, uri, self._emit,
-                                          self._on_incoming_failure)
+        from .incoming import IncomingMigration
+
+        self.incoming = IncomingMigration(self.machine, self.settings, parse_uri(uri),
+                                          self._emit, self._on_incoming_failure, self.take_fd)
         if start:
             self.incoming.start()
 
     def start_incoming(self) -> None:
-        if self.incoming is not None and self.incoming.status == "none":
+        if self.incoming is not None:
             self.incoming.start()
 
     def migrate_incoming(self, uri: str) -> None:
@@ -70,18 +82,33 @@ class MigrationManager:
         self.listen(uri)
 
     # --- outgoing ------------------------------------------------------------------
+    def _target(self, uri: str) -> tuple[Uri, int | None]:
+        """Parse ``uri`` and take the descriptor an ``fd:`` URI names."""
+        parsed = parse_uri(uri)
+        return parsed, self.take_fd(parsed.target) if parsed.scheme == "fd" else None
+
     def migrate(self, uri: str, resume: bool = False) -> None:
         if resume:
-            if self.outgoing is None or self.outgoing.status != "postcopy-paused":
+            job = self.outgoing
+            if job is None or job.status.status != S.POSTCOPY_PAUSED:
                 raise MigrationError("Cannot resume if there is no paused migration")
-            self.outgoing.resume(uri)
+            job.resume(*self._target(uri))
             return
         if self.machine.runstate == RunState.INMIGRATE:
             raise MigrationError("Guest is waiting for an incoming migration")
         self._refuse_if_busy()
-        asked, self._postcopy_asked = self._postcopy_asked, False
-        self.outgoing = OutgoingMigration(self.machine, self.settings, uri, self._emit,
-                                          self.take_fd, start_postcopy=asked)
+        from .outgoing import OutgoingMigration
+
+        try:
+            target, fd = self._target(uri)
+        except MigrationError as err:
+            job = OutgoingMigration(self.machine, self.settings, None, None, self._emit,
+                                    self.take_fd)
+            self.outgoing = job
+            job.refuse(str(err))  # query-migrate then says failed, as QEMU's does
+            raise
+        self.outgoing = OutgoingMigration(self.machine, self.settings, target, fd, self._emit,
+                                          self.take_fd)
         self.outgoing.start()
 
     def cancel(self) -> None:
@@ -90,25 +117,22 @@ class MigrationManager:
 
     # --- postcopy ------------------------------------------------------------------------
     def start_postcopy(self) -> None:
-        """migrate-start-postcopy: now, or (before migrate) after the first pass."""
+        """migrate-start-postcopy: the request lives on the current job (a
+        finished one ignores it; the next migrate makes a new job)."""
         if not self.settings.caps["postcopy-ram"]:
             raise MigrationError("Enable postcopy with migrate_set_capability before "
                                  "the start of migration")
-        if self.outgoing is not None and self.outgoing.active:
-            self.outgoing.start_postcopy()
-        else:
-            self._postcopy_asked = True
+        if self.outgoing is None:
+            raise MigrationError("Postcopy must be started after migration has been started")
+        self.outgoing.request_postcopy()
 
     def pause(self) -> None:
         """migrate-pause: break the channel of a postcopy migration, either side."""
-        if self.outgoing is not None and self.outgoing.status in ("postcopy-active",
-                                                                   "postcopy-recover"):
-            self.outgoing.pause()
-            return
-        if self.incoming is not None and self.incoming.status in ("postcopy-active",
-                                                                   "postcopy-recover"):
-            self.incoming.pause()
-            return
+        pausable = (S.POSTCOPY_ACTIVE, S.POSTCOPY_RECOVER)
+        for job in (self.outgoing, self.incoming):
+            if job is not None and job.status.status in pausable:
+                job.pause()
+                return
         raise MigrationError("migrate-pause is currently only supported during "
                              "postcopy-active state")
 
@@ -116,12 +140,12 @@ class MigrationManager:
         """migrate-recover on the destination: listen for the source's new channel."""
         if self.incoming is None:
             raise MigrationError("Migrate recover can only be run when postcopy is paused.")
-        self.incoming.recover(uri)
+        self.incoming.recover(parse_uri(uri))
 
     # --- parameters --------------------------------------------------------------------
     def set_parameters(self, changes: dict[str, Any]) -> None:
         self.settings.set_params(changes)
-        if self.outgoing is not None and self.outgoing.active:
+        if self.outgoing is not None and self.outgoing.in_progress:
             self.outgoing.parameters_changed()
 
     def set_capabilities(self, changes: list[dict[str, Any]]) -> None:
@@ -154,15 +178,16 @@ class MigrationManager:
         try:
             return self.fds.pop(name)
         except KeyError as err:
-            raise MigrationError(f"File descriptor named '{name}' not found") from err
+            raise MigrationError(f"File descriptor named '{name}' has not been found") from err
 
     def close_fd(self, name: str) -> None:
         os.close(self.take_fd(name))
 
     def close(self) -> None:
-        if self.outgoing is not None and self.outgoing.active and not self.outgoing.in_postcopy:
-            self.outgoing.cancel()
-            self.outgoing.join(5)
+        job = self.outgoing
+        if job is not None and job.in_progress and not job.status.in_postcopy:
+            job.cancel()
+            job.join(5)
         if self.incoming is not None:
             self.incoming.listener.close()
         for fd in self.fds.values():

@@ -1,9 +1,12 @@
-"""The source side of a migration: one job, one thread.
+"""The source side of a migration: one job, one thread, one status machine.
 
 Precopy passes run until the rest fits in ``downtime-limit``, or, with the
 ``postcopy-ram`` capability, until ``migrate-start-postcopy`` asks for the
-switch: then the guest stops here, its state and the list of stale pages go
-over, the guest runs on at the destination, and postcopy_source takes over.
+switch: then the guest stops here, the list of stale pages and the machine
+state go over, the guest runs on at the destination, and the postcopy
+sub-machine (postcopy_source) sends the rest. Every status change is a
+transition of ``self.status``; the job thread ends in a catch-all
+(jobthread) that fails the job, or pauses it after switchover.
 """
 
 from __future__ import annotations
@@ -19,31 +22,26 @@ import numpy as np
 from ..errors import LivemigError, MigrationError
 from ..machine import Machine, RunState
 from ..memory import PAGE_SIZE
+from ..memory.dirty import DirtyTracker
+from . import faults, jobthread, state
 from .channel import Channel, connect
+from .codec import Discard, End, Header, PostcopyAdvise, PostcopyRun, State, Sync
 from .pages import CHUNK_PAGES, DOWNTIME_CHUNK_PAGES, ChunkRecords, runs
 from .params import Settings
-from .postcopy_source import PostcopySource
+from .postcopy_source import Done, Outcome, Paused, PostcopySource, describe
 from .stats import JobTimes, RamStats, RateLimiter
-from .tracking import tracker_for
-from .wire import (
-    COUNT,
-    RANGE,
-    TAG_DISCARD,
-    TAG_END,
-    TAG_POSTCOPY_ADVISE,
-    TAG_POSTCOPY_RUN,
-    TAG_STATE,
-    TAG_SYNC,
-    Header,
-    blob_record,
-    run_record,
-)
+from .status import SOURCE_TRANSITIONS, IllegalTransition, Status, StatusMachine
+from .uri import Uri
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATES = ("setup", "active", "cancelling", "postcopy-active", "postcopy-paused",
-                 "postcopy-recover")
-POSTCOPY_STATES = ("postcopy-active", "postcopy-paused", "postcopy-recover")
+S = Status
+# Live rates (mbps, expected-downtime) are refreshed this often during a
+# pass, as QEMU does every 100 ms; the dirty rate is sampled each second.
+RATE_UPDATE_S = 0.1
+DIRTY_SAMPLE_S = 1.0
+
+EventSink = Callable[[str, dict[str, Any] | None], None]
 
 
 class Cancelled(Exception):
@@ -51,105 +49,111 @@ class Cancelled(Exception):
 
 
 class SwitchToPostcopy(Exception):
-    """migrate-start-postcopy was asked for and the first pass is done."""
+    """migrate-start-postcopy was asked for and may be honoured now."""
 
 
-def machine_description(machine: Machine) -> dict[str, Any]:
-    """What both sides must agree on, independent of the accelerator."""
-    return {"machine": "pc", "ram-size": machine.ram.size, "vcpus": 1,
-            "devices": sorted(dev.name for dev in machine.bus.devices)}
-
-
-def _describe(err: Exception) -> str:
-    """error-desc for query-migrate, in QEMU's wording for socket errors."""
+def describe_failure(err: BaseException, channel: Channel | None) -> str:
+    """error-desc for query-migrate, in QEMU's wording for write errors."""
     if isinstance(err, OSError) and not isinstance(err, LivemigError):
+        if channel is not None:
+            return channel.describe_write_error(err)
         return f"Unable to write to socket: {err.strerror or err}"
     return str(err)
 
 
 class OutgoingMigration:
-    def __init__(self, machine: Machine, settings: Settings, uri: str,
-                 emit: Callable[[str, dict[str, Any] | None], None],
-                 take_fd: Callable[[str], int], start_postcopy: bool = False) -> None:
+    def __init__(self, machine: Machine, settings: Settings, uri: Uri | None, fd: int | None,
+                 emit: EventSink, take_fd: Callable[[str], int]) -> None:
         self.machine = machine
         self.settings = settings
         self.uri = uri
+        self._fd = fd
         self._emit = emit
-        self.take_fd = take_fd
-        self._postcopy_asked = threading.Event()
-        if start_postcopy:
-            self._postcopy_asked.set()
-        self.postcopy: PostcopySource | None = None
-        self.status = "none"
+        self._take_fd = take_fd
+        self.status = StatusMachine("source", SOURCE_TRANSITIONS, self._announce)
         self.error: str | None = None
         self.stats = RamStats(total=machine.ram.size)
         self.times = JobTimes()
         self.limiter = RateLimiter(settings.params["max-bandwidth"])
+        self.postcopy: PostcopySource | None = None
+        self._postcopy_requested = threading.Event()
         self._cancel = threading.Event()
         self._channel: Channel | None = None
         self._stopped_guest = False
-        self._thread = threading.Thread(target=self._run, name="live_migration", daemon=True)
+        self._resume_cond = threading.Condition()
+        self._resume_to: tuple[Uri, int | None] | None = None
+        self._thread: threading.Thread | None = None
 
-    # --- control (any thread) ---------------------------------------------------
+    def _announce(self, status: Status) -> None:
+        if self.settings.caps["events"]:
+            self._emit("MIGRATION", {"status": status.value})
+
+    # --- control (QMP thread) -------------------------------------------------------
     def start(self) -> None:
-        self.set_status("setup")
-        self._thread.start()
+        self._must(self.status.transition(S.NONE, S.SETUP))
+        self._thread = jobthread.start("live_migration", self._run, self._crashed)
+
+    def refuse(self, message: str) -> None:
+        """A migrate refused before it began (a bad URI): status failed, as QEMU."""
+        self.error = message
+        self._must(self.status.transition(S.NONE, S.SETUP))
+        self._must(self.status.transition(S.SETUP, S.FAILED))
 
     @property
-    def active(self) -> bool:
-        return self.status in ACTIVE_STATES
+    def in_progress(self) -> bool:
+        return self.status.in_progress
 
-    @property
-    def in_postcopy(self) -> bool:
-        return self.status in POSTCOPY_STATES
-
-    def start_postcopy(self) -> None:
-        """migrate-start-postcopy: switch at the next chunk once the first pass is done."""
-        self._postcopy_asked.set()
+    def request_postcopy(self) -> None:
+        """migrate-start-postcopy: switch at the next chunk once allowed."""
+        self._postcopy_requested.set()
 
     def pause(self) -> None:
-        """migrate-pause (postcopy-active or postcopy-recover only)."""
+        """migrate-pause (the manager checked: postcopy-active or -recover)."""
         if self.postcopy is not None:
             self.postcopy.pause()
 
-    def resume(self, uri: str) -> None:
-        """migrate resume=true (postcopy-paused only)."""
-        assert self.postcopy is not None
-        self.uri = uri
-        self.postcopy.resume(uri)
+    def resume(self, uri: Uri, fd: int | None) -> None:
+        """migrate resume=true (the manager checked: postcopy-paused)."""
+        with self._resume_cond:
+            self._resume_to = (uri, fd)
+            self._resume_cond.notify_all()
 
     def cancel(self) -> None:
-        if not self.active:
-            return
-        if self.in_postcopy:
+        if self.status.in_postcopy:
             raise MigrationError("Postcopy migration in progress, cannot cancel.")
-        self.set_status("cancelling")
+        if not self.status.transition({S.SETUP, S.ACTIVE}, S.CANCELLING):
+            return  # not running, or too late: it is completing
         self._cancel.set()
         self.limiter.wake()
-        if self._channel is not None:
-            self._channel.abort()  # the job thread closes it
+        channel = self._channel
+        if channel is not None:
+            channel.abort()  # the job thread closes it
 
     def parameters_changed(self) -> None:
-        self.limiter.limit = self.settings.params["max-bandwidth"]
+        self.limiter.set_limit(self.settings.params["max-bandwidth"])
         if self.postcopy is not None:
             self.postcopy.parameters_changed()
 
     def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-    def set_status(self, status: str) -> None:
-        self.status = status
-        if self.settings.caps["events"]:
-            self._emit("MIGRATION", {"status": status})
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def header(self) -> Header:
-        return Header(PAGE_SIZE, self.machine.ram.size, machine_description(self.machine))
+        uuid = self.machine.config.uuid if self.settings.caps["validate-uuid"] else None
+        return Header(PAGE_SIZE, self.machine.ram.size, state.machine_description(self.machine),
+                      uuid)
 
-    # --- the job ----------------------------------------------------------------------
+    # --- the job ------------------------------------------------------------------------
+    @staticmethod
+    def _must(moved: bool) -> None:
+        if not moved:
+            raise IllegalTransition("internal error: the migration status changed under the job")
+
     def _run(self) -> None:
-        tracker = None
+        tracker: DirtyTracker | None = None
+        assert self.uri is not None  # a job without one was refused, never started
         try:
-            self._channel = connect(self.uri, self.take_fd)
+            self._channel = connect(self.uri, self._fd)
             self._check_cancel()
             postcopy = self.settings.caps["postcopy-ram"]
             if postcopy and self._channel.sock is None:
@@ -157,96 +161,131 @@ class OutgoingMigration:
                                      "(postcopy needs a socket: unix:, tcp: or fd:)")
             start = [self.header().encode()]
             if postcopy:
-                start.append(bytes([TAG_POSTCOPY_ADVISE]))
-            self._send(start, precopy=True)
-            tracker = tracker_for(self.machine)
+                start.append(PostcopyAdvise().encode())
+            self._send(start, "precopy")
+            tracker = self.machine.dirty_tracker()
             tracker.start()
             self._synced(first=True)
             self.times.setup_ms = self.times.total_ms()
-            self.set_status("active")
-            dirty = np.ones(self.machine.ram.pages, dtype=bool)
+            if not self.status.transition(S.SETUP, S.ACTIVE):
+                raise Cancelled()
             try:
-                while True:
-                    started, sent_before = time.monotonic(), self.stats.transferred
-                    self._send_pages(dirty, limited=True)
-                    dirty = tracker.sync()
-                    self._synced()
-                    if postcopy and self._postcopy_asked.is_set():
-                        raise SwitchToPostcopy()
-                    elapsed = max(time.monotonic() - started, 1e-6)
-                    if self._converged(dirty, self.stats.transferred - sent_before, elapsed):
-                        break
-                self._complete(tracker, dirty)
-            except SwitchToPostcopy:
-                self._postcopy(tracker, dirty)
+                pending = self._precopy(tracker)
+                self._complete(tracker, pending)
+            except SwitchToPostcopy as switch:
+                self._postcopy(tracker, switch.args[0])
         except Cancelled:
-            self._finish("cancelled")
+            self._end(S.CANCELLED)
         except (LivemigError, OSError, EOFError) as err:
             if self._cancel.is_set():
-                self._finish("cancelled")
+                self._end(S.CANCELLED)
             else:
-                self.error = _describe(err)
+                self.error = describe_failure(err, self._channel)
                 log.warning("migration failed: %s", self.error)
-                self._finish("failed")
+                self._end(S.FAILED)
         finally:
             if tracker is not None:
                 try:
                     tracker.stop()
                 except LivemigError as err:
                     log.warning("could not stop dirty tracking: %s", err)
-            if self._channel is not None:
-                self._channel.close()
+            channel, self._channel = self._channel, None
+            if channel is not None:
+                channel.close()
+
+    def _crashed(self, err: BaseException) -> None:
+        """The catch-all: fail (guest resumed here) or, after switchover, pause."""
+        reason = jobthread.describe_crash(err)
+        self.error = reason
+        new = self.status.crash(reason)
+        if new == S.FAILED:
+            self._end_guest(S.FAILED)
+            channel = self._channel
+            if channel is not None:
+                channel.abort()
+        elif new == S.POSTCOPY_PAUSED and self.postcopy is not None:
+            # The job thread is gone; a new one waits for the recovery.
+            postcopy = self.postcopy
+            postcopy.release()
+            self._thread = jobthread.start(
+                "live_migration", lambda: self._postcopy_loop(postcopy, Paused(reason)),
+                self._crashed)
 
     def _check_cancel(self) -> None:
         if self._cancel.is_set():
             raise Cancelled()
 
-    def send(self, channel: Channel, buffers: list[bytes | memoryview], kind: str) -> None:
-        """Send and count: ``kind`` is precopy, downtime or postcopy."""
-        sent = channel.send(buffers)
+    def _send(self, buffers: list[bytes | memoryview], kind: str) -> None:
+        """Send on the main channel and count: ``kind`` is precopy or downtime."""
+        assert self._channel is not None
+        sent = self._channel.send(buffers)
         self.stats.transferred += sent
         if kind == "precopy":
             self.stats.precopy_bytes += sent
-        elif kind == "downtime":
-            self.stats.downtime_bytes += sent
         else:
-            self.stats.postcopy_bytes += sent
+            self.stats.downtime_bytes += sent
 
-    def _send(self, buffers: list[bytes | memoryview], precopy: bool) -> None:
-        assert self._channel is not None
-        self.send(self._channel, buffers, "precopy" if precopy else "downtime")
+    # --- precopy ----------------------------------------------------------------------------
+    def _may_switch_to_postcopy(self) -> bool:
+        """The one rule: asked for, allowed by the capability, first pass done."""
+        return (self.settings.caps["postcopy-ram"] and self._postcopy_requested.is_set()
+                and self.stats.dirty_sync_count > 1)
 
-    def _send_pages(self, dirty: np.ndarray, limited: bool) -> None:
-        """Send the pages in ``dirty``. ``limited``: a live pass (rate-limited,
-        zero pages detected); otherwise the downtime pass, where speed is all:
-        pages just written are hardly ever zero, so they go as they are."""
+    def _precopy(self, tracker: DirtyTracker) -> np.ndarray:
+        """Live passes until the rest fits in downtime-limit; return what is
+        left to send with the guest stopped."""
+        dirty = np.ones(self.machine.ram.pages, dtype=bool)
+        while True:
+            started, sent_before = time.monotonic(), self.stats.transferred
+            carried = self._send_pages(dirty, tracker)
+            dirty = carried | tracker.sync()
+            self._synced()
+            if self._may_switch_to_postcopy():
+                raise SwitchToPostcopy(dirty)
+            elapsed = max(time.monotonic() - started, 1e-6)
+            if self._converged(dirty, self.stats.transferred - sent_before, elapsed):
+                return dirty
+
+    def _send_pages(self, dirty: np.ndarray, tracker: DirtyTracker | None) -> np.ndarray:
+        """Send the pages in ``dirty``. With a ``tracker``: a live pass
+        (rate-limited, zero pages detected, live rates kept fresh, pages
+        dirtied meanwhile returned for the next pass). Without: the
+        downtime pass, where speed is all: pages just written are hardly
+        ever zero, so they go as they are."""
         pages = self.machine.ram.pages
+        live = tracker is not None
+        carried = np.zeros(pages, dtype=bool)
         remaining = int(dirty.sum())
-        chunk = CHUNK_PAGES if limited else DOWNTIME_CHUNK_PAGES
-        switch = limited and self.settings.caps["postcopy-ram"]
+        chunk = CHUNK_PAGES if live else DOWNTIME_CHUNK_PAGES
+        rates = _LiveRates(self, tracker, carried) if live else None
         for first in range(0, pages, chunk):
             self._check_cancel()
-            if switch and self._postcopy_asked.is_set() and self.stats.dirty_sync_count > 1:
-                raise SwitchToPostcopy()
+            if live:
+                faults.check("source-pass")
+                if self._may_switch_to_postcopy():
+                    raise SwitchToPostcopy(dirty | carried | tracker.sync())
             mask = dirty[first:first + chunk]
             count = int(mask.sum())
             if not count:
                 continue
-            records = ChunkRecords(self.machine.ram, first, mask, detect_zero=limited)
-            if limited:
+            records = ChunkRecords(self.machine.ram, first, mask, detect_zero=live)
+            if live:
                 self.limiter.wait(records.nbytes)
-            self._send(records.buffers, precopy=limited)
+            self._send(records.buffers, "precopy" if live else "downtime")
             mask[:] = False  # sent: what is left of ``dirty`` is still to go
             self.stats.duplicate += records.zero
             self.stats.normal += records.normal
             remaining -= count
             self.stats.remaining = remaining * PAGE_SIZE
+            if rates is not None:
+                rates.update()
+        return carried
 
     def _synced(self, first: bool = False) -> None:
         self.stats.dirty_sync_count += 1
         count = self.stats.dirty_sync_count
         if not first:
-            self._send([run_record(TAG_SYNC, count, 0)], precopy=True)
+            self._send([Sync(count).encode()], "precopy")
         if self.settings.caps["events"]:
             self._emit("MIGRATION_PASS", {"pass": count})
 
@@ -263,22 +302,6 @@ class OutgoingMigration:
         self.times.expected_downtime_ms = int(min(expected, 2**62))
         return expected <= self.settings.params["downtime-limit"]
 
-    def _complete(self, tracker: Any, pending: np.ndarray) -> None:
-        """Stop the guest and send what is left: ``pending`` (found dirty by
-        the last sync, not yet sent) plus whatever was written since."""
-        machine = self.machine
-        was_running = self._stop_guest()
-        stopped_at = time.monotonic()
-        dirty = pending | tracker.sync()
-        self._synced()
-        self._send_pages(dirty, limited=False)
-        state = {"cpu": machine.save_cpu_state(), "devices": machine.save_device_states(),
-                 "running": was_running}
-        self._send([blob_record(TAG_STATE, state), bytes([TAG_END])], precopy=False)
-        self.stats.remaining = 0
-        self.times.downtime_ms = int((time.monotonic() - stopped_at) * 1000)
-        self._finish("completed")
-
     def _stop_guest(self) -> bool:
         """Stop the vCPUs for switchover; return whether the guest was running."""
         machine = self.machine
@@ -291,57 +314,166 @@ class OutgoingMigration:
                 machine.pause_vcpus()
         return was_running
 
-    def _postcopy(self, tracker: Any, pending: np.ndarray) -> None:
+    def _complete(self, tracker: DirtyTracker, pending: np.ndarray) -> None:
+        """Stop the guest and send what is left: ``pending`` (found dirty by
+        the last sync, not yet sent) plus whatever was written since."""
+        was_running = self._stop_guest()
+        stopped_at = time.monotonic()
+        dirty = pending | tracker.sync()
+        self._synced()
+        self._send_pages(dirty, None)
+        record = State(state.capture(self.machine, was_running).to_wire())
+        if not self.status.commit():
+            raise Cancelled()
+        self._send([record.encode(), End().encode()], "downtime")
+        self.stats.remaining = 0
+        self.times.downtime_ms = int((time.monotonic() - stopped_at) * 1000)
+        self._end(S.COMPLETED)
+
+    # --- postcopy ---------------------------------------------------------------------------
+    def _postcopy(self, tracker: DirtyTracker, pending: np.ndarray) -> None:
         """Switch over: stop the guest, tell the destination which pages are
-        stale, send the vCPU and device state, let the guest run there."""
-        assert self._channel is not None
-        machine = self.machine
+        stale, send the machine state, let the guest run there; then the
+        postcopy sub-machine sends the rest."""
+        channel = self._channel
+        assert channel is not None
+        if not self.status.transition(S.ACTIVE, S.POSTCOPY_ACTIVE):
+            raise Cancelled()  # QEMU's order: the status first, then STOP
         was_running = self._stop_guest()
         stopped_at = time.monotonic()
         need = pending | tracker.sync()
         self._synced()
-        starts, lengths = runs(need)
-        table = np.empty((len(starts), 2), dtype="<u8")
-        table[:, 0], table[:, 1] = starts, lengths
-        state = {"cpu": machine.save_cpu_state(), "devices": machine.save_device_states(),
-                 "running": was_running}
-        self._send([COUNT.pack(TAG_DISCARD, len(starts)), memoryview(table).cast("B"),
-                    blob_record(TAG_STATE, state), bytes([TAG_POSTCOPY_RUN])], precopy=False)
-        assert RANGE.size == table.itemsize * 2
-        self.times.downtime_ms = int((time.monotonic() - stopped_at) * 1000)
-        self.stats.remaining = int(need.sum()) * PAGE_SIZE
-        self.set_status("postcopy-active")
-        self.postcopy = PostcopySource(self, self._channel, need)
-        self._channel = None  # postcopy owns it now, and any channel after it
-        self.postcopy.run()
-        self.stats.remaining = 0
-        self._finish("completed")
+        package = [Discard.from_runs(*runs(need)).encode(),
+                   State(state.capture(self.machine, was_running).to_wire()).encode(),
+                   PostcopyRun().encode()]
+        postcopy = PostcopySource(self.machine.ram, need, self.stats, self.settings.params)
+        self.postcopy = postcopy
+        self.stats.remaining = postcopy.left * PAGE_SIZE
+        self._channel = None  # the postcopy sub-machine owns it from here
+        outcome: Outcome
+        try:
+            sent = channel.send(package)
+            self.stats.transferred += sent
+            self.stats.downtime_bytes += sent
+            channel.enter_postcopy()
+        except OSError as err:
+            channel.close()
+            outcome = Paused(describe(err))
+        else:
+            self.times.downtime_ms = int((time.monotonic() - stopped_at) * 1000)
+            postcopy.attach(channel)
+            try:
+                outcome = postcopy.serve()
+            finally:
+                postcopy.release()
+        self._postcopy_loop(postcopy, outcome)
 
-    def _finish(self, status: str) -> None:
-        self.times.end = time.monotonic()
+    def _postcopy_loop(self, postcopy: PostcopySource, outcome: Outcome) -> None:
+        """Pause and recover until the postcopy sub-machine is done."""
+        while isinstance(outcome, Paused):
+            self.error = outcome.reason
+            log.warning("postcopy paused: %s", outcome.reason)
+            self.status.transition({S.POSTCOPY_ACTIVE, S.POSTCOPY_RECOVER}, S.POSTCOPY_PAUSED)
+            uri, fd = self._wait_for_resume()
+            self._must(self.status.transition(S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER))
+            try:
+                channel = connect(uri, fd, postcopy=True)
+            except (LivemigError, OSError) as err:
+                outcome = Paused(describe(err))
+                continue
+            if channel.sock is None:
+                channel.close()
+                outcome = Paused("postcopy recovery needs a socket (unix:, tcp: or fd:)")
+                continue
+            postcopy.attach(channel)
+            try:
+                recovered = postcopy.handshake(self.header().encode())
+                if recovered is not None:
+                    outcome = recovered
+                    continue
+                self.error = None
+                self._must(self.status.transition(S.POSTCOPY_RECOVER, S.POSTCOPY_ACTIVE))
+                outcome = postcopy.serve()
+            finally:
+                postcopy.release()
+        assert isinstance(outcome, Done)
+        self.stats.remaining = 0
+        self._end(S.COMPLETED)
+
+    def _wait_for_resume(self) -> tuple[Uri, int | None]:
+        with self._resume_cond:
+            while self._resume_to is None:
+                self._resume_cond.wait()
+            target, self._resume_to = self._resume_to, None
+        return target
+
+    # --- the end ----------------------------------------------------------------------------
+    def _end_guest(self, status: Status) -> None:
+        """The guest's run state at the end: postmigrate once it has gone,
+        running again here if the job stopped it and it stays here."""
         machine = self.machine
         with machine.lock:
-            if status == "completed":
+            if status == S.COMPLETED:
                 machine.set_runstate(RunState.POSTMIGRATE)
             elif self._stopped_guest:
-                machine.resume()  # the source keeps the guest: it runs on here
+                machine.resume()
                 self._stopped_guest = False
-        self.set_status(status)
 
-    # --- query-migrate ---------------------------------------------------------------
+    def _end(self, status: Status) -> None:
+        self.times.end = time.monotonic()
+        self._end_guest(status)
+        if status == S.COMPLETED:
+            self._must(self.status.transition({S.ACTIVE, S.POSTCOPY_ACTIVE}, S.COMPLETED))
+        elif status == S.FAILED and self.status.transition({S.SETUP, S.ACTIVE}, S.FAILED):
+            pass
+        else:  # cancelled, or failed while a cancel was under way
+            self._must(self.status.transition(S.CANCELLING, S.CANCELLED))
+
+    # --- query-migrate ---------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"status": self.status, "blocked": False}
-        if self.status == "setup":
+        status = self.status.status
+        info: dict[str, Any] = {"status": status.value, "blocked": False}
+        if status == S.SETUP:
             return info
         info["setup-time"] = self.times.setup_ms
         info["total-time"] = self.times.total_ms()
-        if self.status == "completed":
+        if status == S.COMPLETED:
             info["downtime"] = self.times.downtime_ms or 0
-        elif self.active:
+        elif self.status.in_progress:
             info["expected-downtime"] = self.times.expected_downtime_ms
-        if self.error is not None and self.status in ("failed", "postcopy-paused"):
+        if self.error is not None and status in (S.FAILED, S.POSTCOPY_PAUSED):
             info["error-desc"] = self.error
-        if self.status != "failed" or self.stats.transferred:
+        if status != S.FAILED or self.stats.transferred:
             info["ram"] = self.stats.to_qmp()
         return info
 
+
+class _LiveRates:
+    """Keeps mbps, expected-downtime and dirty-pages-rate fresh during a
+    live pass (QEMU shows them within about a second), and samples the
+    dirty log each second into ``carried`` (the next pass's pages)."""
+
+    def __init__(self, job: OutgoingMigration, tracker: DirtyTracker,
+                 carried: np.ndarray) -> None:
+        self._job, self._tracker, self._carried = job, tracker, carried
+        now = time.monotonic()
+        self._at, self._bytes = now, job.stats.transferred
+        self._sampled_at = now
+
+    def update(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self._at
+        if elapsed < RATE_UPDATE_S:
+            return
+        stats, times = self._job.stats, self._job.times
+        bandwidth = (stats.transferred - self._bytes) / elapsed
+        self._at, self._bytes = now, stats.transferred
+        stats.mbps = bandwidth * 8 / 1e6
+        stats.pages_per_second = int(bandwidth / PAGE_SIZE)
+        if bandwidth > 0:
+            times.expected_downtime_ms = int(min(stats.remaining / bandwidth * 1000, 2**62))
+        if now - self._sampled_at >= DIRTY_SAMPLE_S:
+            fresh = self._tracker.sync()
+            self._carried |= fresh
+            stats.dirty_pages_rate = int(fresh.sum() / (now - self._sampled_at))
+            self._sampled_at = now

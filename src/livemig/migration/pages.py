@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..memory import PAGE_SIZE, GuestRam
-from .wire import TAG_PAGES, TAG_ZERO, run_record
+from .codec import PageRun, ZeroRun
 
 CHUNK_PAGES = 1024  # 4 MiB: the unit of rate limiting and cancellation checks
 DOWNTIME_CHUNK_PAGES = 16384  # 64 MiB: while the guest is stopped, fewer, larger sends
@@ -40,10 +40,10 @@ class ChunkRecords:
         normal = dirty & nonzero
         self.buffers: list[bytes | memoryview] = []
         for start, count in zip(*runs(zero), strict=True):
-            self.buffers.append(run_record(TAG_ZERO, first + int(start), int(count)))
+            self.buffers.append(ZeroRun(first + int(start), int(count)).encode())
         for start, count in zip(*runs(normal), strict=True):
             page = first + int(start)
-            self.buffers.append(run_record(TAG_PAGES, page, int(count)))
+            self.buffers.append(PageRun(page, int(count)).encode())
             self.buffers.append(ram.view[page * PAGE_SIZE:(page + int(count)) * PAGE_SIZE])
         self.zero = int(zero.sum())
         self.normal = int(normal.sum())

@@ -1,42 +1,53 @@
-"""Migration parameters and capabilities, with QEMU 7.2's names, defaults
-and range checks."""
+"""Migration parameters and capabilities, with QEMU 7.2's names, schema
+types, defaults and range checks (each checked against QEMU 7.2 by
+tests/test_migration_parameters.py).
+
+A parameter's schema type is checked by the QMP layer (qmp/schema.py knows
+``uint8``, ``uint32``, ``uint64``/``size``, ``bool``, ``str-or-null`` and
+enums); the ranges below are QEMU's ``migrate_params_check``, applied in
+its order to the merged parameters, with its underscore names.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import MigrationError
 
 MiB = 1 << 20
+PAGE_SIZE = 4096
 
-# name: (schema type, default)
-PARAMETERS: dict[str, tuple[str, Any]] = {
-    "announce-initial": ("uint64", 50),
-    "announce-max": ("uint64", 550),
-    "announce-rounds": ("uint64", 5),
-    "announce-step": ("uint64", 100),
-    "compress-level": ("int", 1),
-    "compress-threads": ("int", 8),
+MULTIFD_COMPRESSION = ("none", "zlib", "zstd")
+
+# name: (QAPI schema type, default)
+PARAMETERS: dict[str, tuple[Any, Any]] = {
+    "announce-initial": ("size", 50),
+    "announce-max": ("size", 550),
+    "announce-rounds": ("size", 5),
+    "announce-step": ("size", 100),
+    "compress-level": ("uint8", 1),
+    "compress-threads": ("uint8", 8),
     "compress-wait-thread": ("bool", True),
-    "decompress-threads": ("int", 2),
-    "throttle-trigger-threshold": ("int", 50),
-    "cpu-throttle-initial": ("int", 20),
-    "cpu-throttle-increment": ("int", 10),
+    "decompress-threads": ("uint8", 2),
+    "throttle-trigger-threshold": ("uint8", 50),
+    "cpu-throttle-initial": ("uint8", 20),
+    "cpu-throttle-increment": ("uint8", 10),
     "cpu-throttle-tailslow": ("bool", False),
-    "tls-creds": ("str", ""),
-    "tls-hostname": ("str", ""),
-    "tls-authz": ("str", ""),
-    "max-bandwidth": ("uint64", 128 * MiB),
+    "tls-creds": ("str-or-null", ""),
+    "tls-hostname": ("str-or-null", ""),
+    "tls-authz": ("str-or-null", ""),
+    "max-bandwidth": ("size", 128 * MiB),
     "downtime-limit": ("uint64", 300),
-    "x-checkpoint-delay": ("int", 20000),
+    "x-checkpoint-delay": ("uint32", 20000),
     "block-incremental": ("bool", False),
-    "multifd-channels": ("int", 2),
-    "xbzrle-cache-size": ("uint64", 64 * MiB),
-    "max-postcopy-bandwidth": ("uint64", 0),
-    "max-cpu-throttle": ("int", 99),
-    "multifd-compression": ("str", "none"),
-    "multifd-zlib-level": ("int", 1),
-    "multifd-zstd-level": ("int", 1),
+    "multifd-channels": ("uint8", 2),
+    "xbzrle-cache-size": ("size", 64 * MiB),
+    "max-postcopy-bandwidth": ("size", 0),
+    "max-cpu-throttle": ("uint8", 99),
+    "multifd-compression": (MULTIFD_COMPRESSION, "none"),
+    "multifd-zlib-level": ("uint8", 1),
+    "multifd-zstd-level": ("uint8", 1),
 }
 
 CAPABILITIES = (
@@ -50,29 +61,65 @@ CAPABILITIES = (
 # refused when enabled, rather than silently ignored.
 UNSUPPORTED = {"xbzrle", "rdma-pin-all", "compress", "x-colo", "block", "multifd",
                "dirty-bitmaps", "background-snapshot", "zero-copy-send", "postcopy-preempt",
-               "auto-converge", "release-ram", "x-ignore-shared", "validate-uuid",
+               "auto-converge", "release-ram", "x-ignore-shared",
                "late-block-activate", "pause-before-switchover", "zero-blocks"}
 
 MAX_DOWNTIME_MS = 2000 * 1000
-_U64_MAX = (1 << 64) - 1
+SIZE_MAX = (1 << 64) - 1
 
 
-def parameter_schema() -> dict[str, str]:
+def parameter_schema() -> dict[str, Any]:
     return {"*" + name: typ for name, (typ, _default) in PARAMETERS.items()}
 
 
-def validate(changes: dict[str, Any]) -> None:
-    """QEMU's range checks (messages use QEMU's underscore names)."""
-    if "downtime-limit" in changes and changes["downtime-limit"] > MAX_DOWNTIME_MS:
-        raise MigrationError("Parameter 'downtime_limit' expects an integer in the range "
-                             "of 0 to (2000 * 1000) ms")
-    for name in ("max-bandwidth", "max-postcopy-bandwidth"):
-        if name in changes and changes[name] > _U64_MAX:
-            raise MigrationError(f"Parameter '{name.replace('-', '_')}' expects an integer "
-                                 "in the range of 0 to 18446744073709551615 bytes/second")
-    for name in ("compress-level",):
-        if name in changes and not 0 <= changes[name] <= 9:
-            raise MigrationError("Parameter 'compress_level' expects a value between 0 and 9")
+def _between(name: str, low: int, high: int, text: str) -> Callable[[dict[str, Any]], None]:
+    def check(params: dict[str, Any]) -> None:
+        if not low <= params[name] <= high:
+            raise MigrationError(f"Parameter '{name.replace('-', '_')}' expects {text}")
+    return check
+
+
+def _xbzrle_cache(params: dict[str, Any]) -> None:
+    size = params["xbzrle-cache-size"]
+    if size < PAGE_SIZE or size & (size - 1):
+        raise MigrationError("Parameter 'xbzrle_cache_size' expects a power of two no less "
+                             "than the target page size")
+
+
+def _max_cpu_throttle(params: dict[str, Any]) -> None:
+    if not params["cpu-throttle-initial"] <= params["max-cpu-throttle"] <= 99:
+        raise MigrationError("Parameter 'max_cpu_throttle' expects an integer in the range "
+                             "of cpu_throttle_initial to 99")
+
+
+# QEMU 7.2's migrate_params_check, in its order.
+CHECKS: tuple[Callable[[dict[str, Any]], None], ...] = (
+    _between("compress-level", 0, 9, "a value between 0 and 9"),
+    _between("compress-threads", 1, 255, "a value between 1 and 255"),
+    _between("decompress-threads", 1, 255, "a value between 1 and 255"),
+    _between("throttle-trigger-threshold", 1, 100, "an integer in the range of 1 to 100"),
+    _between("cpu-throttle-initial", 1, 99, "an integer in the range of 1 to 99"),
+    _between("cpu-throttle-increment", 1, 99, "an integer in the range of 1 to 99"),
+    _between("max-bandwidth", 0, SIZE_MAX,
+             "an integer in the range of 0 to 18446744073709551615 bytes/second"),
+    _between("downtime-limit", 0, MAX_DOWNTIME_MS,
+             "an integer in the range of 0 to (2000 * 1000) ms"),
+    _between("multifd-channels", 1, 255, "a value between 1 and 255"),
+    _between("multifd-zlib-level", 0, 9, "a value between 0 and 9"),
+    _between("multifd-zstd-level", 0, 20, "a value between 0 and 20"),
+    _xbzrle_cache,
+    _max_cpu_throttle,
+    _between("announce-initial", 0, 100000, "a value between 0 and 100000"),
+    _between("announce-max", 0, 100000, "a value between 0 and 100000"),
+    _between("announce-rounds", 0, 1000, "a value between 0 and 1000"),
+    _between("announce-step", 1, 10000, "a value between 0 and 10000"),
+)
+
+
+def validate(params: dict[str, Any]) -> None:
+    """QEMU's range checks over a whole (merged) parameter set."""
+    for check in CHECKS:
+        check(params)
 
 
 class Settings:
@@ -83,8 +130,10 @@ class Settings:
         self.caps: dict[str, bool] = dict.fromkeys(CAPABILITIES, False)
 
     def set_params(self, changes: dict[str, Any]) -> None:
-        validate(changes)
-        self.params.update(changes)
+        """Apply type-checked ``changes`` if the merged set passes every check."""
+        merged = {**self.params, **{k: ("" if v is None else v) for k, v in changes.items()}}
+        validate(merged)
+        self.params.update(merged)  # in place: running jobs hold this dict
 
     def set_caps(self, changes: list[dict[str, Any]]) -> None:
         for item in changes:

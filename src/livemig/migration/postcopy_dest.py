@@ -33,9 +33,9 @@ from ..machine import Machine
 from ..memory import PAGE_SHIFT, PAGE_SIZE
 from ..uffd import Userfaultfd
 from ..uffd import abi as uffd_abi
-from . import return_path as rp
+from . import faults, jobthread
+from .codec import POSTCOPY_MAX_RUN, PageRequest
 from .pages import runs
-from .wire import POSTCOPY_MAX_RUN
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 ACCESS_WAIT_S = 30.0
 
 ReturnSend = Callable[[Sequence[bytes | memoryview]], bool]
+CrashSink = Callable[[str], None]
 
 
 def open_userfaultfd(accel: str) -> Userfaultfd:
@@ -92,7 +93,12 @@ class FaultLatency:
 
 
 class PostcopyDestination:
-    def __init__(self, machine: Machine, discard: np.ndarray, accel: str) -> None:
+    """Placement and the fault service. The incoming job owns the status;
+    this reports a dead fault service through ``on_crash`` (the job then
+    pauses) and starts a new one when a recovered channel is attached."""
+
+    def __init__(self, machine: Machine, discard: np.ndarray, accel: str,
+                 on_crash: CrashSink) -> None:
         self.machine = machine
         self.ram = machine.ram
         self.placed = ~discard
@@ -112,8 +118,8 @@ class PostcopyDestination:
         self._staging_address = ctypes.addressof(
             (ctypes.c_char * len(self._staging)).from_buffer(self._staging))
         self.staging = memoryview(self._staging)
-        self._thread = threading.Thread(target=self._serve_faults, name="mig/dst/fault",
-                                        daemon=True)
+        self._on_crash = on_crash
+        self._thread: threading.Thread | None = None
 
     # --- switchover ---------------------------------------------------------------
     def start(self) -> None:
@@ -124,16 +130,25 @@ class PostcopyDestination:
             ram.discard(first * PAGE_SIZE, count * PAGE_SIZE)
         self._uffd.register(ram.address, ram.size, uffd_abi.UFFDIO_REGISTER_MODE_MISSING)
         ram.access_guard = self.ensure_present
-        self._thread.start()
+        self._start_service()
+
+    def _start_service(self) -> None:
+        self._thread = jobthread.start("mig/dst/fault", self._serve_faults, self._service_crashed)
+
+    def _service_crashed(self, err: BaseException) -> None:
+        self._on_crash(jobthread.describe_crash(err))
 
     @property
     def missing(self) -> int:
         return int((~self.placed).sum())
 
     def attach(self, send: ReturnSend | None) -> None:
-        """Use ``send`` for return-path messages (None while paused)."""
+        """Use ``send`` for return-path messages (None while paused); a fault
+        service that died is started again with a new channel."""
         with self._cond:
             self._send = send
+        if send is not None and self._thread is not None and not self._thread.is_alive():
+            self._start_service()
 
     def rerequest(self) -> None:
         """After recovery: ask again for every page a thread still waits on."""
@@ -187,11 +202,8 @@ class PostcopyDestination:
             events = dict(poller.poll())
             if self._stop_r in events:
                 return
-            try:
-                addresses, tids = self._uffd.read_faults(256)
-            except UffdError as err:
-                log.error("postcopy fault service stopped: %s", err)
-                return
+            faults.check("fault-service")
+            addresses, tids = self._uffd.read_faults(256)  # an error: the crash path
             if not len(addresses):
                 continue
             now = time.monotonic()
@@ -226,7 +238,7 @@ class PostcopyDestination:
             send = self._send
         if send is None:
             return  # paused: rerequest() asks again after recovery
-        send([rp.request(int(first), int(count))
+        send([PageRequest(int(first), int(count)).encode()
               for first, count in zip(starts, lengths, strict=True)])
 
     # --- VMM access (qtest, pmemsave …) -------------------------------------------------
@@ -257,7 +269,8 @@ class PostcopyDestination:
             self._uffd.unregister(ram.address, ram.size)
         finally:
             os.write(self._stop_w, b"x")
-            self._thread.join(5)
+            if self._thread is not None:
+                self._thread.join(5)
             self._uffd.close()
             for fd in (self._stop_r, self._stop_w):
                 try:

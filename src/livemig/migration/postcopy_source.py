@@ -1,12 +1,18 @@
-"""The source side of postcopy, from switchover to completion.
+"""The source side of postcopy, from switchover to completion: a sub-machine.
 
 The guest is stopped here and runs on the destination. This side holds the
 pages the destination still lacks (``need``) and sends them: the
-return-path thread reads the destination's requests and sends those pages
-at once; the job thread sends the rest in the background, paced by
-``max-postcopy-bandwidth``. If the channel breaks, the job pauses (``postcopy-paused``) and
-keeps every page until ``migrate`` with ``resume: true`` brings a new channel;
-the destination then says which pages it has and only the rest are resent.
+return-path reader thread reads the destination's requests and sends those
+pages at once; the job thread sends the rest in the background, paced by
+``max-postcopy-bandwidth``.
+
+The port is narrow: the job hands a channel in (:meth:`attach`), runs the
+recovery handshake on it if it is a recovery channel (:meth:`handshake`),
+then :meth:`serve` returns an outcome, :class:`Done` or :class:`Paused`,
+and the channel is released. The job alone changes the migration's status.
+Every page is kept until the destination has it, so a pause loses nothing:
+after recovery the destination says which pages it has and only the rest
+are resent.
 """
 
 from __future__ import annotations
@@ -15,19 +21,29 @@ import logging
 import select
 import threading
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from ..errors import LivemigError, MigrationSendError
-from ..memory import PAGE_SIZE
-from . import return_path as rp
-from .channel import Channel, connect
+from ..errors import LivemigError
+from ..memory import PAGE_SIZE, GuestRam
+from . import faults, jobthread
+from .channel import Channel
+from .codec import (
+    POSTCOPY_MAX_RUN,
+    End,
+    Limits,
+    PageRequest,
+    PagesHeld,
+    Resume,
+    read_return,
+)
+from .codec import (
+    Done as DoneRecord,
+)
 from .pages import ChunkRecords
-from .wire import POSTCOPY_MAX_RUN, TAG_END, TAG_RESUME
-
-if TYPE_CHECKING:
-    from .outgoing import OutgoingMigration
+from .stats import RamStats
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +54,24 @@ BACKGROUND_PAGES = 128
 # While postcopy runs, the send buffer holds only this much background data
 # ahead of a requested page (the precopy default of 4 MiB adds milliseconds).
 POSTCOPY_SEND_BUFFER = 128 << 10
+# How long release() waits for the reader after aborting its socket (the
+# abort wakes it at once; past this something is badly wrong).
+READER_JOIN_S = 30.0
 
 
-class Broken(MigrationSendError):
-    """The channel failed; the text says how."""
+@dataclass(frozen=True)
+class Done:
+    """Every page is on the destination, which confirmed it."""
+
+
+@dataclass(frozen=True)
+class Paused:
+    """The channel broke (or migrate-pause broke it); ``reason`` says how."""
+
+    reason: str
+
+
+Outcome = Done | Paused
 
 
 def describe(err: BaseException) -> str:
@@ -53,12 +83,15 @@ def describe(err: BaseException) -> str:
 
 
 class PostcopySource:
-    def __init__(self, job: OutgoingMigration, channel: Channel, need: np.ndarray) -> None:
-        self.job = job
-        self.ram = job.machine.ram
+    def __init__(self, ram: GuestRam, need: np.ndarray, stats: RamStats,
+                 params: dict[str, Any]) -> None:
+        self.ram = ram
         self.need = need
+        self.stats = stats
+        self._params = params
+        self._limits = Limits(ram.pages)
         self._left = int(need.sum())
-        self._channel: Channel | None = channel
+        self._channel: Channel | None = None
         self._cond = threading.Condition()
         # Held while sending and while changing need/_left/_cursor: the
         # background sender and the return-path reader both send pages.
@@ -66,119 +99,143 @@ class PostcopySource:
         self._broken: str | None = None
         self._done = False
         self._resumed = False  # the destination's page bitmap came: need is rebuilt
-        self._resume_uri: str | None = None
         self._reader: threading.Thread | None = None
         self._cursor = 0
         self._next_send = time.monotonic()
         self._end_sent = False
 
+    @property
+    def left(self) -> int:
+        return self._left
+
     # --- control (QMP thread) ---------------------------------------------------
     def pause(self) -> None:
-        """migrate-pause: break the channel; the job thread then pauses."""
-        with self._cond:
-            channel = self._channel
-            if self._broken is None:
-                self._broken = "paused by migrate-pause"
-            self._cond.notify_all()
-        if channel is not None:
-            channel.abort()
-
-    def resume(self, uri: str) -> None:
-        """migrate resume=true: recover over a new channel to ``uri``."""
-        with self._cond:
-            self._resume_uri = uri
-            self._cond.notify_all()
+        """migrate-pause: break the channel; serve() then returns Paused."""
+        self._break("paused by migrate-pause")
 
     def parameters_changed(self) -> None:
         with self._cond:
             self._next_send = time.monotonic()
             self._cond.notify_all()
 
+    def _break(self, reason: str) -> None:
+        with self._cond:
+            channel = self._channel
+            if self._broken is None:
+                self._broken = reason
+            self._cond.notify_all()
+        if channel is not None:
+            channel.abort()
+
     # --- the job thread -----------------------------------------------------------
-    def run(self) -> None:
-        """Return once every page is on the destination."""
-        assert self._channel is not None
-        self._channel.shrink_send_buffer(POSTCOPY_SEND_BUFFER)
-        self._start_reader(self._channel)
-        while True:
-            try:
-                if self._channel is None:
-                    self._recover()
-                self._serve()
-                self._release_channel()
+    def attach(self, channel: Channel) -> None:
+        """Use ``channel`` from now on and start reading its return path."""
+        channel.shrink_send_buffer(POSTCOPY_SEND_BUFFER)
+        with self._cond:
+            self._channel = channel
+            self._broken = None
+            self._resumed = False
+            self._end_sent = False
+        self._reader = jobthread.start("mig/src/rp", lambda: self._read_return_path(channel),
+                                       self._reader_crashed)
+
+    def handshake(self, header: bytes) -> Outcome | None:
+        """On a recovery channel: ask to resume, wait for the destination's
+        page bitmap. None when recovered, else Paused."""
+        try:
+            self._send([header, Resume().encode()])
+        except OSError as err:
+            return Paused(describe(err))
+        with self._cond:
+            while not self._resumed and self._broken is None:
+                self._cond.wait()
+            if self._broken is not None:
+                return Paused(self._broken)
+        self.stats.remaining = self._left * PAGE_SIZE
+        return None
+
+    def serve(self) -> Outcome:
+        """Send background pages, then END; return once the destination
+        confirms (Done) or the channel breaks (Paused). Requested pages are
+        sent by the return-path reader as they come."""
+        try:
+            while True:
+                with self._cond:
+                    while True:
+                        if self._broken is not None:
+                            return Paused(self._broken)
+                        if self._done:
+                            return Done()
+                        if not self._left:
+                            if not self._end_sent:
+                                break
+                            self._cond.wait()
+                            continue
+                        limit = self._params["max-postcopy-bandwidth"]
+                        delay = self._next_send - time.monotonic() if limit > 0 else 0.0
+                        if delay > 0:
+                            self._cond.wait(delay)
+                            continue
+                        break
+                self._wait_writable()
+                with self._send_lock:
+                    if self._left:
+                        self._send_background(self._params["max-postcopy-bandwidth"])
+                    elif not self._end_sent:
+                        self._send([End().encode()])
+                        self._end_sent = True
+        except (LivemigError, OSError, EOFError) as err:
+            self._break(describe(err))
+            return Paused(self._broken or describe(err))
+
+    def release(self) -> None:
+        """End the use of the current channel: stop its reader, close it."""
+        with self._cond:
+            channel, self._channel = self._channel, None
+        if channel is None:
+            return
+        channel.abort()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.join(READER_JOIN_S)
+            if reader.is_alive():  # never close an fd a thread may still use
+                log.error("return-path reader did not stop; its channel is left open")
                 return
-            except (LivemigError, OSError, EOFError) as err:
-                self._release_channel()
-                if self._done:
-                    return
-                self._paused(err)
+        channel.close()
 
-    def _start_reader(self, channel: Channel) -> None:
-        self._reader = threading.Thread(target=self._read_return_path, args=(channel,),
-                                        name="mig/src/rp", daemon=True)
-        self._reader.start()
-
+    # --- the return-path reader ------------------------------------------------------
     def _read_return_path(self, channel: Channel) -> None:
         """Read the destination's messages; serve page requests right here,
         so a waiting vCPU costs one thread hand-off less."""
         try:
             while True:
-                msg = rp.read_message(channel, self.ram.pages)
-                if isinstance(msg, rp.Request):
-                    self.job.stats.postcopy_requests += 1
+                msg = read_return(channel.reader, self._limits)
+                faults.check("return-path")
+                if isinstance(msg, PageRequest):
+                    self.stats.postcopy_requests += 1
                     self._send_requested(msg)
                     continue
                 with self._send_lock, self._cond:
-                    if isinstance(msg, rp.Have):
-                        np.logical_not(msg.placed, out=self.need)
+                    if isinstance(msg, PagesHeld):
+                        np.logical_not(msg.mask(self.ram.pages), out=self.need)
                         self._left = int(self.need.sum())
                         self._resumed = True
                     else:
                         if self._left or not self._end_sent:
-                            raise MigrationSendError(
+                            raise LivemigError(
                                 "return path: the destination reported completion "
                                 f"while {self._left} pages were still to be sent")
                         self._done = True
                     self._cond.notify_all()
-                if isinstance(msg, rp.Done):
+                if isinstance(msg, DoneRecord):
                     return
         except (LivemigError, OSError, EOFError) as err:
-            with self._cond:
-                if self._broken is None:
-                    self._broken = describe(err)
-                self._cond.notify_all()
-            channel.abort()
+            self._break(describe(err))
 
-    def _serve(self) -> None:
-        """Send background pages, then END; return on DONE. (Requested pages
-        are sent by the return-path reader as they come.)"""
-        params = self.job.settings.params
-        while True:
-            with self._cond:
-                while True:
-                    if self._broken is not None:
-                        raise Broken(self._broken)
-                    if self._done:
-                        return
-                    if not self._left:
-                        if not self._end_sent:
-                            break
-                        self._cond.wait()
-                        continue
-                    limit = params["max-postcopy-bandwidth"]
-                    delay = self._next_send - time.monotonic() if limit > 0 else 0.0
-                    if delay > 0:
-                        self._cond.wait(delay)
-                        continue
-                    break
-            self._wait_writable()
-            with self._send_lock:
-                if self._left:
-                    self._send_background(params["max-postcopy-bandwidth"])
-                elif not self._end_sent:
-                    self._send([bytes([TAG_END])])
-                    self._end_sent = True
+    def _reader_crashed(self, err: BaseException) -> None:
+        self._break(jobthread.describe_crash(err))
 
+    # --- sending ------------------------------------------------------------------------
     def _wait_writable(self) -> None:
         """Wait for room in the socket before taking the send lock, so a
         background send does not hold it while blocked on a full buffer
@@ -193,8 +250,10 @@ class PostcopySource:
     def _send(self, buffers: list[bytes | memoryview]) -> None:
         channel = self._channel
         if channel is None:
-            raise Broken("no channel")
-        self.job.send(channel, buffers, "postcopy")
+            raise LivemigError("no channel")
+        sent = channel.send(buffers)
+        self.stats.transferred += sent
+        self.stats.postcopy_bytes += sent
 
     def _send_run(self, first: int, count: int) -> int:
         """Send the needed pages of [first, +count) (count <= POSTCOPY_MAX_RUN).
@@ -207,13 +266,13 @@ class PostcopySource:
         self._send(records.buffers)
         self.need[first:first + count] = False
         self._left -= sent
-        stats = self.job.stats
+        stats = self.stats
         stats.duplicate += records.zero
         stats.normal += records.normal
         stats.remaining = self._left * PAGE_SIZE
         return records.nbytes
 
-    def _send_requested(self, request: rp.Request) -> None:
+    def _send_requested(self, request: PageRequest) -> None:
         end = request.first + request.count
         with self._send_lock:
             for first in range(request.first, end, POSTCOPY_MAX_RUN):
@@ -238,49 +297,3 @@ class PostcopySource:
         if limit > 0:
             with self._cond:
                 self._next_send = max(self._next_send, time.monotonic()) + nbytes / limit
-
-    def _release_channel(self) -> None:
-        with self._cond:
-            channel, self._channel = self._channel, None
-        if channel is None:
-            return
-        channel.abort()
-        if self._reader is not None:
-            self._reader.join(5)
-            self._reader = None
-        channel.close()
-
-    def _paused(self, err: BaseException) -> None:
-        reason = describe(err)
-        log.warning("postcopy paused: %s", reason)
-        with self._cond:
-            self._broken = None
-            self._resumed = False
-            self._end_sent = False
-        self.job.error = reason
-        self.job.set_status("postcopy-paused")
-
-    def _recover(self) -> None:
-        """Wait for migrate resume=true, then handshake over the new channel."""
-        with self._cond:
-            while self._resume_uri is None:
-                self._cond.wait()
-            uri, self._resume_uri = self._resume_uri, None
-        self.job.set_status("postcopy-recover")
-        channel = connect(uri, self.job.take_fd)
-        if channel.sock is None:
-            channel.close()
-            raise MigrationSendError("postcopy recovery needs a socket (unix:, tcp: or fd:)")
-        channel.shrink_send_buffer(POSTCOPY_SEND_BUFFER)
-        with self._cond:
-            self._channel = channel
-        self._send([self.job.header().encode(), bytes([TAG_RESUME])])
-        self._start_reader(channel)
-        with self._cond:
-            while not self._resumed and self._broken is None:
-                self._cond.wait()
-            if self._broken is not None:
-                raise Broken(self._broken)
-        self.job.stats.remaining = self._left * PAGE_SIZE
-        self.job.error = None
-        self.job.set_status("postcopy-active")

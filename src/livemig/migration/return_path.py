@@ -1,72 +1,48 @@
-"""Messages from the destination back to the source (postcopy only).
+"""The destination's writer on the return path (destination to source).
 
-The return path shares the migration socket, in the other direction. Both
-ends use these helpers so the format lives in one place; every message a
-source reads is checked against the size of its RAM before it is used.
+One :class:`ReturnPath` per channel, owning the channel's write lock: the
+fault service (page requests) and the receiving thread (completion,
+recovery bitmaps) both write through it. A failed write breaks the channel
+(the receiving thread then sees it and pauses) and is reported as False,
+never raised into the writer's thread. Only the receiving thread closes
+the channel, through :meth:`close`, which waits for a write in flight.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import threading
+from collections.abc import Sequence
 
-import numpy as np
-
-from ..errors import MigrationSendError
 from .channel import Channel
-from .wire import COUNT, MAX_RUN_PAGES, RP_DONE, RP_HAVE, RP_REQUEST, RUN
+
+log = logging.getLogger(__name__)
 
 
-def request(first: int, count: int) -> bytes:
-    return RUN.pack(RP_REQUEST, first, count)
+class ReturnPath:
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self._lock = threading.Lock()
+        self._closed = False
 
+    def send(self, buffers: Sequence[bytes | memoryview]) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            try:
+                self.channel.send(buffers)
+                return True
+            except OSError as err:
+                log.warning("postcopy return path: %s", err.strerror or err)
+                self.channel.abort()
+                return False
 
-def have(placed: np.ndarray) -> list[bytes]:
-    bits = np.packbits(placed, bitorder="little").tobytes()
-    return [COUNT.pack(RP_HAVE, len(bits)), bits]
+    def abort(self) -> None:
+        """Break the channel from any thread (a pause); it stays open."""
+        self.channel.abort()
 
-
-def done() -> bytes:
-    return bytes([RP_DONE])
-
-
-@dataclass(frozen=True)
-class Request:
-    first: int
-    count: int
-
-
-@dataclass(frozen=True)
-class Have:
-    placed: np.ndarray  # bool per page
-
-
-@dataclass(frozen=True)
-class Done:
-    pass
-
-
-Message = Request | Have | Done
-
-
-def read_message(channel: Channel, pages: int) -> Message:
-    """Read one return-path message; a malformed one raises MigrationSendError."""
-    tag = channel.recv(1)[0]
-    if tag == RP_REQUEST:
-        _tag, first, count = RUN.unpack(bytes([tag]) + channel.recv(RUN.size - 1))
-        if count == 0 or count > MAX_RUN_PAGES or first + count > pages:
-            raise MigrationSendError(
-                f"return path: the destination asked for pages {first}+{count}, "
-                f"outside guest RAM ({pages} pages)")
-        return Request(first, count)
-    if tag == RP_HAVE:
-        _tag, length = COUNT.unpack(bytes([tag]) + channel.recv(COUNT.size - 1))
-        expected = (pages + 7) // 8
-        if length != expected:
-            raise MigrationSendError(
-                f"return path: page bitmap of {length} bytes, expected {expected}")
-        bits = np.frombuffer(channel.recv(length), dtype=np.uint8)
-        placed = np.unpackbits(bits, count=pages, bitorder="little").astype(bool)
-        return Have(placed)
-    if tag == RP_DONE:
-        return Done()
-    raise MigrationSendError(f"return path: unknown message type {tag:#04x}")
+    def close(self) -> None:
+        """Close the channel once no write is in flight (its owner only)."""
+        with self._lock:
+            self._closed = True
+        self.channel.close()

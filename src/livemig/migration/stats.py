@@ -66,26 +66,38 @@ class RateLimiter:
     """max-bandwidth: paces sends so the average rate never exceeds ``limit``.
 
     Each send of n bytes moves the earliest time of the next send on by
-    n / limit seconds; a send that comes early waits. ``limit`` may change
-    while a migration runs (the reference test relies on it); 0 means
-    unlimited. ``wake`` ends a wait at once (cancel).
+    n / limit seconds; a send that comes early waits. The limit may change
+    while a migration runs (the reference test relies on it): set_limit()
+    restarts the schedule and wakes a waiting send, which then paces by the
+    new limit; 0 means unlimited. ``wake`` ends a wait for good (cancel).
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._next_send = time.monotonic()
         self._cancel = threading.Event()
+        self._changed = threading.Event()
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = limit
+        self._next_send = time.monotonic()
+        self._changed.set()
 
     def wait(self, nbytes: int) -> None:
         """Sleep until ``nbytes`` may go out without exceeding the limit."""
-        if self.limit <= 0:
-            self._next_send = time.monotonic()
-            return
-        now = time.monotonic()
-        if self._next_send > now:
-            self._cancel.wait(self._next_send - now)
+        while True:
+            self._changed.clear()  # before reading the limit: a change after it wakes us
+            limit = self.limit  # one read per round: QMP may change it at any time
             now = time.monotonic()
-        self._next_send = max(self._next_send, now) + nbytes / self.limit
+            if limit <= 0:
+                self._next_send = now
+                return
+            delay = self._next_send - now
+            if delay <= 0 or self._cancel.is_set():
+                break
+            self._changed.wait(delay)
+        self._next_send = max(self._next_send, now) + nbytes / limit
 
     def wake(self) -> None:
         self._cancel.set()
+        self._changed.set()

@@ -1,0 +1,470 @@
+"""livemig's migration stream and return path: every record, both directions.
+
+The format is documented in docs/migration.md. All integers are
+little-endian; every record starts with a one-byte tag. Each record is a
+small frozen dataclass whose ``encode()`` gives its bytes (for a page run:
+its header, the page contents follow from guest RAM). One decoder,
+:func:`read_record`, reads any record from a :class:`Reader` and checks it
+against :class:`Limits` before anything is returned: a run returned by the
+decoder lies inside guest RAM, a state record is a JSON object of bounded
+size. Anything else raises :class:`~livemig.errors.StreamError` with the
+record's byte offset. Channels carry these records; they never interpret
+them.
+
+numpy is imported only by the records that need it (discard lists and the
+page bitmap), so importing the codec costs nothing at start-up.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from ..errors import StreamError, StreamTruncated
+
+if TYPE_CHECKING:
+    import numpy as np
+
+MAGIC = b"LVMG"
+VERSION = 2  # 1: livemig 0.1 (untyped state, no UUID); 2: typed state, UUID in the header
+
+HEADER = struct.Struct("<4sHIQI")      # magic, version, page size, RAM bytes, JSON length
+RUN = struct.Struct("<BQI")            # tag, first page, page count
+BLOB = struct.Struct("<BI")            # tag, byte length (JSON follows)
+COUNT = struct.Struct("<BQ")           # tag, count
+RANGE = struct.Struct("<QQ")           # first page, page count (discard entries)
+
+# Stream records (source to destination).
+TAG_PAGES = 0x01
+TAG_ZERO = 0x02
+TAG_STATE = 0x03
+TAG_SYNC = 0x04
+TAG_END = 0x05
+TAG_POSTCOPY_ADVISE = 0x06
+TAG_DISCARD = 0x07
+TAG_POSTCOPY_RUN = 0x08
+TAG_RESUME = 0x09
+# Return-path records (destination to source).
+TAG_REQUEST = 0x41
+TAG_HAVE = 0x42
+TAG_DONE = 0x43
+
+MAX_DESCRIPTION = 1 << 20
+MAX_STATE = 16 << 20
+MAX_RUN_PAGES = 1 << 20
+POSTCOPY_MAX_RUN = 1024  # pages per page record after switchover (the staging buffer)
+
+
+# --- reading -----------------------------------------------------------------------
+
+
+class Reader(Protocol):
+    """Exact reads from a stream; ``offset`` counts the bytes consumed."""
+
+    offset: int
+
+    def read(self, size: int) -> bytes: ...
+
+    def readinto(self, view: memoryview) -> None: ...
+
+
+Fill = Callable[[memoryview], int]
+
+
+class BufferedReader:
+    """Exact reads over a ``fill(view) -> bytes read`` source (0 at EOF).
+
+    Small reads (record headers) are served from a read-ahead buffer, so a
+    record costs one system call per buffer-full, not two; a large
+    ``readinto`` (page contents) copies what is buffered and lets the rest
+    go straight from the socket into the caller's memory.
+    """
+
+    def __init__(self, fill: Fill, buffer_size: int = 256 << 10) -> None:
+        self._fill = fill
+        self._buf = bytearray(buffer_size)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+        self.offset = 0
+
+    @classmethod
+    def over_bytes(cls, data: bytes) -> BufferedReader:
+        return cls(io.BytesIO(data).readinto)
+
+    @property
+    def buffered(self) -> int:
+        return self._end - self._start
+
+    def _refill(self) -> None:
+        self._start = self._end = 0
+        got = self._fill(self._view)
+        if not got:
+            raise StreamTruncated("migration stream ended early", self.offset)
+        self._end = got
+
+    def read(self, size: int) -> bytes:
+        if size <= self.buffered:
+            data = bytes(self._view[self._start:self._start + size])
+            self._start += size
+            self.offset += size
+            return data
+        out = bytearray(size)
+        self.readinto(memoryview(out))
+        return bytes(out)
+
+    def readinto(self, view: memoryview) -> None:
+        target = memoryview(view).cast("B")
+        while len(target):
+            if self.buffered:
+                take = min(self.buffered, len(target))
+                target[:take] = self._view[self._start:self._start + take]
+                self._start += take
+                self.offset += take
+                target = target[take:]
+            elif len(target) >= len(self._buf):
+                got = self._fill(target)
+                if not got:
+                    raise StreamTruncated("migration stream ended early", self.offset)
+                self.offset += got
+                target = target[got:]
+            else:
+                self._refill()
+
+
+# --- limits ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a decoded record may name: guest RAM of ``ram_pages`` pages."""
+
+    ram_pages: int
+    max_run_pages: int = MAX_RUN_PAGES
+    max_state: int = MAX_STATE
+
+    def check_run(self, first: int, count: int, what: str, offset: int) -> None:
+        """The one "run lies inside guest RAM" check, for every direction."""
+        if count == 0 or count > self.max_run_pages or first + count > self.ram_pages:
+            raise StreamError(f"{what} {first}+{count} lies outside guest RAM "
+                              f"({self.ram_pages} pages)", offset)
+
+
+# --- JSON payloads -----------------------------------------------------------------------
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def decode_object(data: bytes, what: str, offset: int | None = None) -> dict[str, Any]:
+    """A JSON object, or StreamError: never RecursionError, never NaN or infinity."""
+    try:
+        value = json.loads(data, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError as err:
+        raise StreamError(f"malformed {what}: nested too deeply", offset) from err
+    except (UnicodeDecodeError, ValueError) as err:
+        raise StreamError(f"malformed {what}: {err}", offset) from err
+    if not isinstance(value, dict):
+        raise StreamError(f"malformed {what}: not a JSON object", offset)
+    return value
+
+
+def encode_object(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+# --- the header ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Header:
+    """Begins every stream and every recovery channel."""
+
+    page_size: int
+    ram_size: int
+    machine: dict[str, Any]
+    uuid: str | None = None   # with validate-uuid on a source that has one
+
+    def encode(self) -> bytes:
+        body = encode_object({"machine": self.machine, "uuid": self.uuid})
+        return HEADER.pack(MAGIC, VERSION, self.page_size, self.ram_size, len(body)) + body
+
+
+def read_header(reader: Reader) -> Header:
+    offset = reader.offset
+    magic, version, page_size, ram_size, length = HEADER.unpack(reader.read(HEADER.size))
+    if magic != MAGIC:
+        raise StreamError(f"not a livemig migration stream (magic {magic!r})", offset)
+    if version != VERSION:
+        raise StreamError(f"unsupported stream version {version} (expected {VERSION})", offset)
+    if length > MAX_DESCRIPTION:
+        raise StreamError(f"machine description of {length} bytes is too large", offset)
+    body = decode_object(reader.read(length), "machine description", offset)
+    machine, uuid = body.get("machine"), body.get("uuid")
+    if not isinstance(machine, dict) or not (uuid is None or isinstance(uuid, str)):
+        raise StreamError("malformed machine description", offset)
+    return Header(page_size, ram_size, machine, uuid)
+
+
+# --- records ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A run of ``count`` pages from page ``first``."""
+
+    TAG: ClassVar[int]
+    first: int
+    count: int
+
+    def encode(self) -> bytes:
+        return RUN.pack(self.TAG, self.first, self.count)
+
+
+@dataclass(frozen=True)
+class _TagOnly:
+    """A record that is its tag alone."""
+
+    TAG: ClassVar[int]
+
+    def encode(self) -> bytes:
+        return bytes([self.TAG])
+
+
+@dataclass(frozen=True)
+class PageRun(_Run):
+    """``count`` pages from ``first``; their contents follow the record."""
+
+    TAG: ClassVar[int] = TAG_PAGES
+
+
+@dataclass(frozen=True)
+class ZeroRun(_Run):
+    """``count`` pages from ``first`` are all zero (nothing follows)."""
+
+    TAG: ClassVar[int] = TAG_ZERO
+
+
+@dataclass(frozen=True)
+class PageRequest(_Run):
+    """Return path: send these pages first (a vCPU waits for them)."""
+
+    TAG: ClassVar[int] = TAG_REQUEST
+
+
+@dataclass(frozen=True)
+class Sync:
+    """The source synchronised its dirty log (pass number ``count``)."""
+
+    TAG: ClassVar[int] = TAG_SYNC
+    count: int
+
+    def encode(self) -> bytes:
+        return RUN.pack(self.TAG, self.count, 0)
+
+
+@dataclass(frozen=True)
+class State:
+    """The machine's vCPU and device state, as migration/state.py lays it out."""
+
+    TAG: ClassVar[int] = TAG_STATE
+    body: dict[str, Any] = field(hash=False)
+
+    def encode(self) -> bytes:
+        data = encode_object(self.body)
+        return BLOB.pack(self.TAG, len(data)) + data
+
+
+@dataclass(frozen=True, eq=False)
+class Discard:
+    """Pages the destination must drop before postcopy: runs (first, count)."""
+
+    TAG: ClassVar[int] = TAG_DISCARD
+    table: np.ndarray  # (n, 2) little-endian u64: first, count
+
+    @classmethod
+    def from_runs(cls, starts: np.ndarray, lengths: np.ndarray) -> Discard:
+        import numpy as np
+        table = np.empty((len(starts), 2), dtype="<u8")
+        table[:, 0], table[:, 1] = starts, lengths
+        return cls(table)
+
+    def encode(self) -> bytes:
+        return COUNT.pack(self.TAG, len(self.table)) + self.table.tobytes()
+
+    def runs(self) -> list[tuple[int, int]]:
+        return [(int(a), int(b)) for a, b in self.table.tolist()]
+
+    def mask(self, pages: int) -> np.ndarray:
+        """One bool per page: True where the page is to be dropped."""
+        import numpy as np
+        edges = np.zeros(pages + 1, dtype=np.int64)
+        starts = self.table[:, 0].astype(np.int64)
+        np.add.at(edges, starts, 1)
+        np.add.at(edges, starts + self.table[:, 1].astype(np.int64), -1)
+        return np.cumsum(edges[:-1]) > 0
+
+
+@dataclass(frozen=True)
+class PagesHeld:
+    """Return path, recovery: one bit per page the destination already has."""
+
+    TAG: ClassVar[int] = TAG_HAVE
+    bits: bytes
+
+    @classmethod
+    def from_mask(cls, placed: np.ndarray) -> PagesHeld:
+        import numpy as np
+        return cls(np.packbits(placed, bitorder="little").tobytes())
+
+    def encode(self) -> bytes:
+        return COUNT.pack(self.TAG, len(self.bits)) + self.bits
+
+    def mask(self, pages: int) -> np.ndarray:
+        import numpy as np
+        raw = np.frombuffer(self.bits, dtype=np.uint8)
+        return np.unpackbits(raw, count=pages, bitorder="little").astype(bool)
+
+
+@dataclass(frozen=True)
+class End(_TagOnly):
+    """The stream is complete."""
+
+    TAG: ClassVar[int] = TAG_END
+
+
+@dataclass(frozen=True)
+class PostcopyAdvise(_TagOnly):
+    """The source may switch to postcopy: the destination prepares userfaultfd."""
+
+    TAG: ClassVar[int] = TAG_POSTCOPY_ADVISE
+
+
+@dataclass(frozen=True)
+class PostcopyRun(_TagOnly):
+    """Switchover: register RAM with userfaultfd and run the guest."""
+
+    TAG: ClassVar[int] = TAG_POSTCOPY_RUN
+
+
+@dataclass(frozen=True)
+class Resume(_TagOnly):
+    """After a header: this channel recovers a paused postcopy."""
+
+    TAG: ClassVar[int] = TAG_RESUME
+
+
+@dataclass(frozen=True)
+class Done(_TagOnly):
+    """Return path: every page is in place; the migration is complete."""
+
+    TAG: ClassVar[int] = TAG_DONE
+
+
+StreamRecord = (PageRun | ZeroRun | Sync | State | End | PostcopyAdvise | Discard
+                | PostcopyRun | Resume)
+ReturnRecord = PageRequest | PagesHeld | Done
+
+
+# --- decoding ----------------------------------------------------------------------------------
+
+
+def _run(cls: type, what: str) -> Callable[[Reader, Limits, int], Any]:
+    def decode(reader: Reader, limits: Limits, offset: int) -> Any:
+        _tag, first, count = RUN.unpack(bytes([cls.TAG]) + reader.read(RUN.size - 1))
+        limits.check_run(first, count, what, offset)
+        return cls(first, count)
+    return decode
+
+
+def _sync(reader: Reader, limits: Limits, offset: int) -> Sync:
+    _tag, count, zero = RUN.unpack(bytes([TAG_SYNC]) + reader.read(RUN.size - 1))
+    if zero:
+        raise StreamError("malformed sync record", offset)
+    return Sync(count)
+
+
+def _state(reader: Reader, limits: Limits, offset: int) -> State:
+    _tag, length = BLOB.unpack(bytes([TAG_STATE]) + reader.read(BLOB.size - 1))
+    if length > limits.max_state:
+        raise StreamError(f"state record of {length} bytes is too large", offset)
+    return State(decode_object(reader.read(length), "device state", offset))
+
+
+def _discard(reader: Reader, limits: Limits, offset: int) -> Discard:
+    import numpy as np
+    _tag, count = COUNT.unpack(bytes([TAG_DISCARD]) + reader.read(COUNT.size - 1))
+    if count > limits.ram_pages:
+        raise StreamError(f"discard list of {count} runs is too long", offset)
+    table = np.frombuffer(reader.read(count * RANGE.size), dtype="<u8").reshape(count, 2)
+    starts, lengths = table[:, 0], table[:, 1]
+    ends = starts + lengths  # u64: wraps for absurd values, caught by ends < starts
+    if count and ((lengths == 0).any() or (ends > limits.ram_pages).any()
+                  or (ends < starts).any()):
+        raise StreamError("discard list names pages outside guest RAM", offset)
+    return Discard(table)
+
+
+def _have(reader: Reader, limits: Limits, offset: int) -> PagesHeld:
+    _tag, length = COUNT.unpack(bytes([TAG_HAVE]) + reader.read(COUNT.size - 1))
+    expected = (limits.ram_pages + 7) // 8
+    if length != expected:
+        raise StreamError(f"return path: page bitmap of {length} bytes, expected {expected}",
+                          offset)
+    return PagesHeld(reader.read(length))
+
+
+def _bare_decoder(cls: type) -> Callable[[Reader, Limits, int], Any]:
+    return lambda _reader, _limits, _offset: cls()
+
+
+STREAM_DECODERS: dict[int, Callable[[Reader, Limits, int], Any]] = {
+    TAG_PAGES: _run(PageRun, "page run"),
+    TAG_ZERO: _run(ZeroRun, "zero run"),
+    TAG_SYNC: _sync,
+    TAG_STATE: _state,
+    TAG_END: _bare_decoder(End),
+    TAG_POSTCOPY_ADVISE: _bare_decoder(PostcopyAdvise),
+    TAG_DISCARD: _discard,
+    TAG_POSTCOPY_RUN: _bare_decoder(PostcopyRun),
+    TAG_RESUME: _bare_decoder(Resume),
+}
+RETURN_DECODERS: dict[int, Callable[[Reader, Limits, int], Any]] = {
+    TAG_REQUEST: _run(PageRequest, "return path: the destination asked for pages"),
+    TAG_HAVE: _have,
+    TAG_DONE: _bare_decoder(Done),
+}
+
+
+def _read(reader: Reader, limits: Limits,
+          decoders: dict[int, Callable[[Reader, Limits, int], Any]], what: str) -> Any:
+    offset = reader.offset
+    tag = reader.read(1)[0]
+    decoder = decoders.get(tag)
+    if decoder is None:
+        raise StreamError(f"unknown {what} type {tag:#04x}", offset)
+    return decoder(reader, limits, offset)
+
+
+def read_record(reader: Reader, limits: Limits) -> StreamRecord:
+    """The next stream record, checked against ``limits``. For a PageRun the
+    caller then reads ``count`` pages of contents from the same reader."""
+    return _read(reader, limits, STREAM_DECODERS, "record")
+
+
+def read_return(reader: Reader, limits: Limits) -> ReturnRecord:
+    """The next return-path record, checked against ``limits``."""
+    return _read(reader, limits, RETURN_DECODERS, "return-path message")

@@ -1,0 +1,50 @@
+"""Migration URIs: ``unix:PATH``, ``tcp:HOST:PORT``, ``fd:NAME`` and ``exec:CMD``.
+
+:func:`parse_uri` is called before ``migrate``, ``migrate-incoming`` or
+``migrate-recover`` answers, so a URI QEMU refuses at once is refused at
+once here too, with QEMU 7.2's words (checked against it by
+tests/test_migration_transports.py). What only a connection can tell (a
+refused port, a name that does not resolve) fails the job later, as in
+QEMU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import MigrationError
+
+SCHEMES = ("unix", "tcp", "fd", "exec")
+
+
+@dataclass(frozen=True)
+class Uri:
+    scheme: str            # unix | tcp | fd | exec
+    target: str            # path, HOST:PORT, fd name or number, command
+    host: str = ""
+    port: str = ""
+
+    @property
+    def address(self) -> str:
+        """The peer as QEMU names it in errors: the path, or HOST:PORT."""
+        if self.scheme == "tcp":
+            return f"{self.host}:{self.port}"
+        return self.target
+
+
+def parse_uri(uri: str) -> Uri:
+    scheme, sep, rest = uri.partition(":")
+    if not sep or scheme not in SCHEMES:
+        raise MigrationError("Parameter 'uri' expects a valid migration protocol")
+    if scheme == "unix":
+        if not rest:
+            raise MigrationError("invalid Unix socket address")
+        return Uri("unix", rest)
+    if scheme in ("fd", "exec"):
+        return Uri(scheme, rest)
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        raise MigrationError(f"error parsing address '{rest}'")
+    if not port:
+        raise MigrationError(f"error parsing port in address '{rest}'")
+    return Uri("tcp", rest, host.removeprefix("[").removesuffix("]"), port)
