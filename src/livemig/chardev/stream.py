@@ -63,6 +63,15 @@ class Stream:
             except OSError:
                 return False
 
+    def shutdown(self) -> None:
+        """Make blocked reads and writes on this stream end, from any thread.
+        The descriptor stays open until close() (by the stream's owner)."""
+        if self._sock is not None and not self.closed:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def take_fd(self) -> int | None:
         return self.received_fds.pop(0) if self.received_fds else None
 

@@ -1,20 +1,28 @@
-"""What a QMP handler is given: the objects it may call into."""
+"""What a QMP handler is given: the objects it may call into.
+
+The session is seen through :class:`Session`, the one thing handlers need
+of it, so this module (imported by every handler) does not import the
+server: the registry, the handlers and the server form no import cycle.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from ..chardev import Stream
 from ..machine import Machine
 from ..migration import MigrationManager
 
-if TYPE_CHECKING:
-    from .server import QmpServer, QmpSession
+
+class Session(Protocol):
+    """A client connection, as a handler sees it."""
+
+    stream: Stream
 
 
 @dataclass
 class QmpContext:
     machine: Machine
-    server: QmpServer
-    session: QmpSession
+    session: Session
     migration: MigrationManager | None = None

@@ -9,11 +9,17 @@ stream carries on with the next one.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 MAX_VALUE = 64 << 20  # bytes one value may take before it is refused
+MAX_NESTING = 1024    # QEMU's limit on nested objects and arrays together
+# Python's decoder recurses once per level: the process needs at least this
+# recursion limit (livemig-system-x86_64 sets it at start-up).
+RECURSION_NEEDED = 4 * MAX_NESTING
+_KEYWORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -50,10 +56,14 @@ def _single_to_double(text: str) -> str:
 
 
 def _decode(text: str) -> Any | ParseError:
+    if _KEYWORD.fullmatch(text) and text not in ("true", "false", "null"):
+        return ParseError(f"JSON parse error, invalid keyword '{text}'")
     try:
         return json.loads(_single_to_double(text) if "'" in text else text)
-    except (json.JSONDecodeError, RecursionError) as err:
+    except json.JSONDecodeError as err:
         return ParseError(f"JSON parse error, {err.msg.lower()}")
+    except RecursionError:
+        return ParseError("JSON nesting depth limit exceeded")
 
 
 class JsonSplitter:
@@ -66,11 +76,19 @@ class JsonSplitter:
         self._quote: str | None = None
         self._escape = False
         self._scalar = False
+        self._too_deep = False
 
     def _take(self) -> str:
         text = "".join(self._buf)
         self._buf, self._size, self._scalar = [], 0, False
         return text
+
+    def _end_value(self) -> Any | ParseError:
+        if self._too_deep:
+            self._too_deep = False
+            self._take()
+            return ParseError("JSON nesting depth limit exceeded")
+        return _decode(self._take())
 
     def feed(self, data: bytes) -> Iterator[Any | ParseError]:
         text = data.decode("utf-8", errors="replace")
@@ -96,6 +114,7 @@ class JsonSplitter:
                 continue
             if ch in "{[":
                 self._depth += 1
+                self._too_deep = self._too_deep or self._depth > MAX_NESTING
                 self._buf.append(ch)
                 continue
             if ch in "}]":
@@ -105,7 +124,7 @@ class JsonSplitter:
                 self._depth -= 1
                 self._buf.append(ch)
                 if self._depth == 0:
-                    yield _decode(self._take())
+                    yield self._end_value()
                 continue
             self._buf.append(ch)
             if self._depth == 0:

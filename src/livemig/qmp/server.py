@@ -3,17 +3,23 @@
 One :class:`QmpSession` per connected client, each on its own thread.
 Commands from all sessions run one at a time (``dispatch_lock``), the way
 QEMU runs them under its big lock; events go to every negotiated session.
+
+Nothing a client does (or fails to do) blocks anyone else: every reply and
+event is put in the session's bounded outbox and written by the session's
+own writer thread. A client that falls ``OUTBOX_LIMIT`` messages behind
+(one that never reads, say) is disconnected, so a command, the machine or
+a migration job never waits for a slow client.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from typing import Any
 
-from .. import QEMU_COMPAT_VERSION, __version__
 from ..chardev import Stream
 from ..errors import LivemigError, QmpError
 from ..machine import Machine
@@ -22,8 +28,11 @@ from .context import QmpContext
 from .jsonstream import JsonSplitter, ParseError
 from .registry import COMMANDS, call
 from .schema import check_arguments
+from .version import version_info
 
 log = logging.getLogger(__name__)
+
+OUTBOX_LIMIT = 4096  # messages a client may lag behind before it is disconnected
 
 _ALLOWED_KEYS = {"execute", "arguments", "id", "control"}
 
@@ -32,29 +41,48 @@ def _line(message: dict[str, Any]) -> bytes:
     return (json.dumps(message) + "\r\n").encode()
 
 
-def version_info() -> dict[str, Any]:
-    major, minor, micro = QEMU_COMPAT_VERSION
-    return {"qemu": {"micro": micro, "minor": minor, "major": major},
-            "package": f"livemig {__version__}"}
-
-
 class QmpSession:
-    """One client connection."""
+    """One client connection: a reader (this thread) and a writer thread."""
 
     def __init__(self, server: QmpServer, stream: Stream) -> None:
         self.server = server
         self.stream = stream
         self.negotiated = False
+        self._outbox: queue.Queue[bytes | None] = queue.Queue(OUTBOX_LIMIT)
+        self._dropped = threading.Event()
 
     def send(self, message: dict[str, Any]) -> bool:
-        return self.stream.write(_line(message))
+        """Queue ``message`` for the client; never blocks. False once the
+        client is gone or has been disconnected for falling behind."""
+        if self._dropped.is_set():
+            return False
+        try:
+            self._outbox.put_nowait(_line(message))
+            return True
+        except queue.Full:
+            log.warning("QMP client %s fell %d messages behind: disconnecting it",
+                        self.stream.label, OUTBOX_LIMIT)
+            self._drop()
+            return False
+
+    def _drop(self) -> None:
+        self._dropped.set()
+        self.stream.shutdown()  # the reader and the writer both end; run() closes
+
+    def _write_loop(self) -> None:
+        while True:
+            data = self._outbox.get()
+            if data is None or not self.stream.write(data):
+                return
 
     def run(self) -> None:
+        writer = threading.Thread(target=self._write_loop, name="qmp-writer", daemon=True)
+        writer.start()
         self.send({"QMP": {"version": version_info(), "capabilities": ["oob"]}})
         splitter = JsonSplitter()
         self.server.add_session(self)
         try:
-            while True:
+            while not self._dropped.is_set():
                 data = self.stream.read()
                 if not data:
                     return
@@ -64,6 +92,15 @@ class QmpSession:
                         return
         finally:
             self.server.remove_session(self)
+            self._dropped.set()
+            try:
+                self._outbox.put_nowait(None)  # let the writer finish what is queued
+            except queue.Full:
+                self.stream.shutdown()
+            writer.join(5)
+            if writer.is_alive():  # a peer that reads nothing: stop writing to it
+                self.stream.shutdown()
+                writer.join(5)
 
     def handle(self, value: Any) -> dict[str, Any] | None:
         if isinstance(value, ParseError):
@@ -149,7 +186,7 @@ class QmpServer:
         if cmd is None:
             raise QmpError(f"The command {name} has not been found", "CommandNotFound")
         checked = check_arguments(cmd.schema, args)
-        ctx = QmpContext(self.machine, self, session, self.migration)
+        ctx = QmpContext(self.machine, session, self.migration)
         return call(cmd, ctx, checked)
 
     def emit(self, event: str, data: dict[str, Any] | None = None) -> None:

@@ -1,5 +1,5 @@
 """What-is-this commands: query-version, query-commands, query-name,
-query-kvm, query-cpus-fast."""
+query-uuid, query-kvm, query-cpus-fast."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from ..context import QmpContext
 from ..registry import COMMANDS, command
-from ..server import version_info
+from ..version import version_info
 
 
 @command("query-version")
@@ -25,6 +25,12 @@ def query_commands(ctx: QmpContext) -> list[dict[str, str]]:
 def query_name(ctx: QmpContext) -> dict[str, str]:
     name = ctx.machine.config.name
     return {"name": name} if name is not None else {}
+
+
+@command("query-uuid")
+def query_uuid(ctx: QmpContext) -> dict[str, str]:
+    """-uuid, or QEMU's all-zero UUID when none was given."""
+    return {"UUID": ctx.machine.config.uuid or "00000000-0000-0000-0000-000000000000"}
 
 
 @command("query-kvm")
