@@ -7,6 +7,7 @@ with one line that names the option, as QEMU does.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 
 from ..chardev.spec import options_from_words, parse_bool, split_options
@@ -18,7 +19,7 @@ from .sizes import parse_size
 WITH_ARG = {
     "machine", "M", "accel", "m", "smp", "name", "serial", "drive", "hda", "display",
     "qmp", "chardev", "mon", "monitor", "qtest", "qtest-log", "incoming", "pidfile",
-    "device", "vga", "cpu",
+    "device", "vga", "cpu", "uuid",
 }
 FLAGS = {"S", "nodefaults", "enable-kvm", "daemonize", "nographic", "no-reboot",
          "no-shutdown", "version", "help", "h"}
@@ -57,6 +58,8 @@ class SystemOptions:
     debug_exit: DebugExitConfig | None = None
     show_version: bool = False
     show_help: bool = False
+    cpu_model: str = "qemu64"
+    uuid: str | None = None
 
     @property
     def accelerators(self) -> list[str]:
@@ -250,9 +253,16 @@ def _with_arg(o: SystemOptions, name: str, value: str) -> None:
     elif name == "device":
         _device(o, value)
     elif name == "cpu":
-        if value.split(",")[0] not in CPU_MODELS:
+        model = value.split(",")[0]
+        if model not in CPU_MODELS:
             raise ConfigError(f"-cpu {value}: unknown CPU model (livemig knows "
                               f"{', '.join(CPU_MODELS)})")
+        o.cpu_model = model
+    elif name == "uuid":
+        try:
+            o.uuid = str(uuid.UUID(value))
+        except ValueError as err:
+            raise ConfigError("Fail to parse UUID string. Wrong format.") from err
     elif name == "monitor":
         if value != "none":
             raise ConfigError(f"-monitor {value}: use -qmp or -mon mode=control")

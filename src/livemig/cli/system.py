@@ -23,6 +23,7 @@ from ..errors import ConfigError, LivemigError
 from ..machine import Machine, MachineConfig
 from ..migration import MigrationManager
 from ..qmp import QmpServer
+from ..qmp.jsonstream import RECURSION_NEEDED
 from ..qtest import QtestServer
 from .options import USAGE, SystemOptions, parse
 
@@ -88,9 +89,13 @@ class System:
             incoming=opts.incoming is not None,
             debug_exit=opts.debug_exit,
             no_reboot=opts.no_reboot,
+            uuid=opts.uuid,
         )
         self.machine = Machine(config, serial.write if serial else (lambda _b: None),
                                self.relay, self._exit_now)
+        if opts.cpu_model == "host" and self.machine.accel_name != "kvm":
+            self.machine.close()
+            raise ConfigError("CPU model 'host' requires KVM or HVF")  # QEMU's words
         self.qmp = QmpServer(self.machine)
         self.relay.target = self.qmp
         self.migration = MigrationManager(self.machine, self.relay, self._incoming_failed)
@@ -203,6 +208,8 @@ _DAEMON_PIPE: list[int] = []
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     setup_logging()
+    # QMP accepts JSON nested as deep as QEMU does (jsonstream.MAX_NESTING).
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_NEEDED))
     try:
         opts = parse(args)
     except LivemigError as err:

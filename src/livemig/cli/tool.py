@@ -1,4 +1,4 @@
-"""``livemig``: the user-facing tool (demo, guest images)."""
+"""``livemig``: the user-facing tool (demo, guest images, stream inspector)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return migration_demo(DemoOptions(accel=args.accel, ram=args.ram, bandwidth=args.bandwidth,
                                       downtime_ms=args.downtime, transport=args.transport,
                                       postcopy=args.postcopy))
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import main as analyze_main
+
+    return analyze_main(args.file, args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--postcopy", action="store_true",
                       help="switch to postcopy after the first precopy pass")
     demo.set_defaults(func=_cmd_demo)
+
+    analyze = sub.add_parser(
+        "analyze-migration", help="describe a saved migration stream",
+        description="Read a livemig migration stream saved with 'migrate exec:cat>FILE' and "
+                    "print its header, a summary per record type and the machine state; "
+                    "a malformed stream is reported with its byte offset.")
+    analyze.add_argument("file", help="the saved stream")
+    analyze.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    analyze.set_defaults(func=_cmd_analyze)
     return parser
 
 

@@ -251,10 +251,13 @@ class VmLauncher:
         return proc
 
     def start(self, kind: VmmKind, name: str, ram: str = "150M",
-              extra: list[str] | None = None, boot: bool = True, connect: bool = True) -> Vm:
+              extra: list[str] | None = None, boot: bool = True, connect: bool = True,
+              env: dict[str, str] | None = None) -> Vm:
+        """Start a VM; ``env``: variables added to this process's environment."""
         for suffix in (".qmp", ".serial"):
             (self.workdir / (name + suffix)).unlink(missing_ok=True)
-        proc = self.spawn(self.argv(kind, name, ram, extra, boot), name)
+        proc = self.spawn(self.argv(kind, name, ram, extra, boot), name,
+                          env={**os.environ, **env} if env else None)
         vm = Vm(kind, proc, self.workdir, name, self.workdir / (name + ".qmp"),
                 self.workdir / (name + ".serial"), self.workdir / f"{name}.stderr")
         self.vms.append(vm)

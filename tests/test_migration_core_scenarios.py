@@ -1,0 +1,426 @@
+"""Issue 8's defects, each as a scenario that failed before the migration
+core was rebuilt: races around completion, job threads that died silently,
+hostile QMP clients, parameter and URI checks, and QEMU's small habits.
+Run on livemig and QEMU wherever QEMU shares the behaviour."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import LIVEMIG
+from migration_helpers import (
+    check_guests_ram,
+    migrate,
+    migration_status,
+    start_dest,
+    wait_for_status,
+)
+from postcopy_helpers import set_capability, set_parameter
+
+from livemig.lab import VmLauncher, VmmKind, wait_until
+
+FAST = 100_000_000_000
+
+
+def _drain_listener(path: Path) -> threading.Thread:
+    """A destination that reads everything and says nothing (a fake peer)."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve() -> None:
+        with server:
+            server.settimeout(60)
+            conn, _ = server.accept()
+        with conn:
+            try:
+                while conn.recv(1 << 20):
+                    pass
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_cancel_around_completion_always_ends_cleanly(vmm_any_accel: VmmKind,
+                                                      lab: VmLauncher) -> None:
+    """migrate_cancel at random moments around completion, 50 times: the job
+    ends cancelled or completed, never stuck, and the next migrate starts."""
+    kind = vmm_any_accel
+    src = lab.start(kind, "src")
+    set_parameter(src, "max-bandwidth", FAST)
+    rng = random.Random(8)
+    outcomes: set[str] = set()
+    for index in range(50):
+        path = lab.workdir / f"drain{index}.sock"
+        peer = _drain_listener(path)
+        started = time.monotonic()
+        migrate(src, f"unix:{path}")
+        delay = rng.uniform(0, 0.3)
+        while time.monotonic() - started < delay:   # aim the cancel, not a wait
+            pass
+        src.cmd("migrate_cancel")
+        info = wait_until(lambda: (i := src.cmd("query-migrate"))["status"] in
+                          ("cancelled", "completed") and i, 30, "the job to end")
+        outcomes.add(info["status"])
+        peer.join(30)
+        if info["status"] == "completed":
+            src.cmd("cont")
+        assert src.status() == "running"
+    assert outcomes, outcomes
+
+
+@pytest.mark.parametrize("point", ["source-pass", "receive-precopy"])
+def test_injected_internal_error_before_switchover(livemig_tcg: VmmKind, lab: VmLauncher,
+                                                   point: str) -> None:
+    """A bug in a job thread fails the job loudly; the source guest runs on
+    and a next migration works."""
+    kind = livemig_tcg
+    env = {"LIVEMIG_INJECT_FAULT": point}
+    uri = f"unix:{lab.workdir / 'mig.sock'}"
+    src = lab.start(kind, "src", env=env if point == "source-pass" else None)
+    dst = (start_dest(lab, kind, "dst", uri) if point == "source-pass"
+           else lab.start(kind, "dst", extra=["-incoming", uri], env=env))
+    wait_until(lambda: (lab.workdir / "mig.sock").exists(), 30, "the incoming socket")
+    migrate(src, uri)
+    if point == "source-pass":
+        info = wait_until(lambda: (i := src.cmd("query-migrate"))["status"] == "failed" and i,
+                          60, "the source to fail")
+        assert "internal error: InjectedFault" in info["error-desc"], info
+    else:
+        assert dst.wait_exit(60) == 1
+        assert "internal error: InjectedFault" in dst.stderr_text()
+        wait_until(lambda: migration_status(src) == "failed", 60, "the source to fail")
+    assert src.status() == "running"
+    uri2 = f"unix:{lab.workdir / 'mig2.sock'}"
+    dst2 = start_dest(lab, kind, "dst2", uri2)
+    set_parameter(src, "max-bandwidth", FAST)
+    migrate(src, uri2)
+    wait_for_status(src, "completed", timeout=120)
+    wait_until(lambda: dst2.status() == "running", 30, "the second destination to run")
+
+
+@pytest.mark.parametrize("point,side", [("receive-postcopy", "dst"), ("fault-service", "dst"),
+                                        ("return-path", "src")])
+def test_injected_internal_error_after_switchover(livemig_tcg: VmmKind, lab: VmLauncher,
+                                                  point: str, side: str) -> None:
+    """After switchover a bug pauses the job (never fails it) and recovery
+    brings it to completion, RAM intact."""
+    kind = livemig_tcg
+    env = {"LIVEMIG_INJECT_FAULT": point}
+    uri = f"unix:{lab.workdir / 'mig.sock'}"
+    src = lab.start(kind, "src", env=env if side == "src" else None)
+    dst = (start_dest(lab, kind, "dst", uri) if side == "src"
+           else lab.start(kind, "dst", extra=["-incoming", uri], env=env))
+    wait_until(lambda: (lab.workdir / "mig.sock").exists(), 30, "the incoming socket")
+    for vm in (src, dst):
+        set_capability(vm, "postcopy-ram")
+    set_parameter(src, "max-bandwidth", 20_000_000)
+    set_parameter(src, "downtime-limit", 1)
+    src.wait_serial(b"B", timeout=60)
+    migrate(src, uri)
+    wait_until(lambda: src.cmd("query-migrate").get("ram", {}).get("dirty-sync-count", 0) >= 2,
+               120, "the first pass")
+    src.cmd("migrate-start-postcopy")
+    paused = src if side == "src" else dst
+    info = wait_for_status(paused, "postcopy-paused", timeout=60)
+    assert "internal error: InjectedFault" in info["error-desc"], info
+    other = dst if side == "src" else src
+    if migration_status(other) != "postcopy-paused":
+        other.cmd("migrate-pause")
+        wait_for_status(other, "postcopy-paused", timeout=30)
+    rec = f"unix:{lab.workdir / 'rec.sock'}"
+    dst.cmd("migrate-recover", uri=rec)
+    wait_until(lambda: (lab.workdir / "rec.sock").exists(), 30, "the recovery socket")
+    set_parameter(src, "max-postcopy-bandwidth", 0)
+    migrate(src, rec, resume=True)
+    wait_for_status(src, "completed", timeout=120)
+    wait_for_status(dst, "completed", timeout=120)
+    dst.cmd("stop")
+    check_guests_ram(dst)
+
+
+def test_max_bandwidth_zero_during_a_limited_migration(vmm_any_accel: VmmKind,
+                                                       lab: VmLauncher) -> None:
+    kind = vmm_any_accel
+    uri = f"unix:{lab.workdir / 'mig.sock'}"
+    src = lab.start(kind, "src")
+    start_dest(lab, kind, "dst", uri)
+    set_parameter(src, "max-bandwidth", 5_000_000)
+    migrate(src, uri)
+    wait_until(lambda: src.cmd("query-migrate").get("ram", {}).get("transferred", 0) > 1 << 20,
+               30, "some transfer")
+    set_parameter(src, "max-bandwidth", 0)
+    set_parameter(src, "downtime-limit", 2000)
+    wait_for_status(src, "completed", timeout=120)
+
+
+def test_postcopy_with_nothing_dirty(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    """A paused guest (-S) switched to postcopy after its first pass: the
+    list of stale pages is empty."""
+    kind = vmm_any_accel
+    uri = f"unix:{lab.workdir / 'mig.sock'}"
+    src = lab.start(kind, "src", extra=["-S"])
+    dst = start_dest(lab, kind, "dst", uri)
+    for vm in (src, dst):
+        set_capability(vm, "postcopy-ram")
+    set_parameter(src, "max-bandwidth", 50_000_000)
+    migrate(src, uri)
+    src.cmd("migrate-start-postcopy")
+    wait_for_status(src, "completed", timeout=120)
+    wait_for_status(dst, "completed", timeout=120)
+    assert dst.pmem(0x7C00, 512) == src.pmem(0x7C00, 512)
+    assert dst.status() == "paused"
+
+
+def test_qmp_nesting_gets_an_answer_and_keeps_the_session(vmm_any_accel: VmmKind,
+                                                          lab: VmLauncher) -> None:
+    vm = lab.start(vmm_any_accel, "vm", connect=False,
+                   extra=["-qmp", f"unix:{lab.workdir / 'raw.sock'},server=on,wait=off"])
+    wait_until(lambda: (lab.workdir / "raw.sock").exists(), 30, "the QMP socket")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(lab.workdir / "raw.sock"))
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(b'{"execute":"qmp_capabilities"}')
+        assert b"return" in reader.readline()
+
+        def ask(text: bytes) -> dict:  # type: ignore[type-arg]
+            sock.sendall(text)
+            return json.loads(reader.readline())
+
+        deep = b'{"execute":"query-status","arguments":{"a":' + b"[" * 1000 + b"]" * 1000
+        assert ask(deep + b"}}")["error"]["desc"] == "Parameter 'a' is unexpected"
+        deeper = b'{"execute":"query-status","arguments":{"a":' + b"[" * 1100 + b"]" * 1100
+        assert ask(deeper + b"}}")["error"]["desc"] == "JSON nesting depth limit exceeded"
+        sock.sendall(b'{"execute":"query-status"}')
+        answers = [json.loads(reader.readline()) for _ in range(2)]
+        assert any("return" in a for a in answers), answers   # the session lives
+    vm.kill()
+
+
+def test_hello_world_on_qmp(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    vm = lab.start(vmm_any_accel, "vm", connect=False,
+                   extra=["-qmp", f"unix:{lab.workdir / 'raw.sock'},server=on,wait=off"])
+    wait_until(lambda: (lab.workdir / "raw.sock").exists(), 30, "the QMP socket")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(lab.workdir / "raw.sock"))
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(b"hello world\n")
+        first = json.loads(reader.readline())
+        assert first["error"]["desc"] == "JSON parse error, invalid keyword 'hello'"
+    vm.kill()
+
+
+def test_a_client_that_never_reads_blocks_nobody(vmm_any_accel: VmmKind,
+                                                 lab: VmLauncher) -> None:
+    """One client floods commands and reads nothing; another stops, resumes
+    and migrates with events on, all answered in time."""
+    kind = vmm_any_accel
+    hostile_path = lab.workdir / "hostile.sock"
+    uri = f"unix:{lab.workdir / 'mig.sock'}"
+    src = lab.start(kind, "src", extra=["-qmp", f"unix:{hostile_path},server=on,wait=off"])
+    dst = start_dest(lab, kind, "dst", uri)
+    hostile = socket.socket(socket.AF_UNIX)
+    hostile.connect(str(hostile_path))
+    hostile.sendall(b'{"execute":"qmp_capabilities"}')
+    flood = b'{"execute":"query-status"}' * 20000
+    sender = threading.Thread(target=lambda: _send_quietly(hostile, flood), daemon=True)
+    sender.start()
+    try:
+        for vm in (src, dst):
+            set_capability(vm, "events")
+        started = time.monotonic()
+        src.cmd("stop")
+        src.cmd("cont")
+        set_parameter(src, "max-bandwidth", FAST)
+        migrate(src, uri)
+        wait_for_status(src, "completed", timeout=60)
+        assert time.monotonic() - started < 60
+        assert any(e["event"] == "MIGRATION" for e in src.events)
+    finally:
+        hostile.close()
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass  # livemig disconnects a client that falls too far behind
+
+
+def test_precopy_over_tcp_survives_a_stalled_destination(vmm_any_accel: VmmKind,
+                                                         lab: VmLauncher) -> None:
+    """SIGSTOP the destination for 6 s mid-migration: precopy waits, then completes."""
+    kind = vmm_any_accel
+    src = lab.start(kind, "src")
+    dst = lab.start(kind, "dst", extra=["-incoming", "tcp:127.0.0.1:0"])
+    port = int(dst.cmd("query-migrate")["socket-address"][0]["port"])
+    set_parameter(src, "max-bandwidth", 20_000_000)
+    migrate(src, f"tcp:127.0.0.1:{port}")
+    wait_until(lambda: src.cmd("query-migrate").get("ram", {}).get("transferred", 0) > 4 << 20,
+               30, "transfer under way")
+    os.kill(dst.process.pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            assert migration_status(src) == "active"   # keeps waiting, does not fail
+            time.sleep(0.5)
+    finally:
+        os.kill(dst.process.pid, signal.SIGCONT)
+    set_parameter(src, "max-bandwidth", FAST)
+    set_parameter(src, "downtime-limit", 2000)
+    wait_for_status(src, "completed", timeout=120)
+
+
+def test_rates_move_during_the_first_pass(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    kind = vmm_any_accel
+    uri = f"unix:{lab.workdir / 'mig.sock'}"
+    src = lab.start(kind, "src")
+    start_dest(lab, kind, "dst", uri)
+    set_parameter(src, "max-bandwidth", 20_000_000)
+    src.wait_serial(b"B", timeout=60)
+    migrate(src, uri)
+    info = wait_until(lambda: (i := src.cmd("query-migrate")).get("ram", {}).get("mbps", 0) > 0
+                      and i.get("expected-downtime", 0) > 0 and i, 2.5, "live rates")
+    assert info["ram"]["dirty-sync-count"] == 1, info   # still the first pass
+    wait_until(lambda: src.cmd("query-migrate")["ram"]["dirty-pages-rate"] > 0, 3,
+               "a dirty rate")
+    src.cmd("migrate_cancel")
+
+
+def test_migration_event_comes_before_stop_at_postcopy(vmm_any_accel: VmmKind,
+                                                       lab: VmLauncher) -> None:
+    kind = vmm_any_accel
+    uri = f"unix:{lab.workdir / 'mig.sock'}"
+    src = lab.start(kind, "src")
+    dst = start_dest(lab, kind, "dst", uri)
+    for vm in (src, dst):
+        set_capability(vm, "postcopy-ram")
+        set_capability(vm, "events")
+    set_parameter(src, "max-bandwidth", 50_000_000)
+    migrate(src, uri)
+    wait_until(lambda: src.cmd("query-migrate").get("ram", {}).get("dirty-sync-count", 0) >= 2,
+               120, "the first pass")
+    src.cmd("migrate-start-postcopy")
+    wait_for_status(src, "completed", timeout=120)
+    names = [(e["event"], e.get("data", {}).get("status")) for e in src.events]
+    assert names.index(("MIGRATION", "postcopy-active")) < names.index(("STOP", None)), names
+
+
+@pytest.mark.parametrize("uri,desc", [
+    ("exec:false", "Unable to write to command: Broken pipe"),
+    ("tcp:127.0.0.1:1", "Failed to connect to '127.0.0.1:1': Connection refused"),
+    ("unix:/nonexistent/x", "Failed to connect to '/nonexistent/x': No such file or directory"),
+])
+def test_connection_errors_in_qemus_words(vmm_any_accel: VmmKind, lab: VmLauncher, uri: str,
+                                          desc: str) -> None:
+    src = lab.start(vmm_any_accel, "src")
+    migrate(src, uri)
+    info = wait_until(lambda: (i := src.cmd("query-migrate"))["status"] == "failed" and i,
+                      30, "the failure")
+    assert info["error-desc"] == desc
+    assert src.status() == "running"
+
+
+@pytest.mark.parametrize("uri,desc", [
+    ("bogus:x", "Parameter 'uri' expects a valid migration protocol"),
+    ("tcp::", "error parsing port in address ':'"),
+    ("tcp:localhost", "error parsing address 'localhost'"),
+    ("fd:nosuch", "File descriptor named 'nosuch' has not been found"),
+    ("unix:", "invalid Unix socket address"),
+    ("file:", "Parameter 'uri' expects a valid migration protocol"),
+])
+def test_bad_uris_refused_at_once(vmm_any_accel: VmmKind, lab: VmLauncher, uri: str,
+                                  desc: str) -> None:
+    src = lab.start(vmm_any_accel, "src")
+    answer = src.raw("migrate", {"uri": uri})
+    assert answer.get("error", {}).get("desc") == desc, answer
+    assert migration_status(src) == "failed"
+    assert src.status() == "running"
+
+
+def test_start_up_imports_nothing_heavy(lab: VmLauncher) -> None:
+    """numpy (and the migration jobs) load only when a migration needs them."""
+    if LIVEMIG is None:
+        pytest.skip("livemig not installed")
+    kind = VmmKind("livemig-tcg", LIVEMIG, "tcg")
+    for extra in ([], ["-incoming", "defer"]):
+        vm = lab.start(kind, f"vm{len(extra)}", extra=extra,
+                       env={"PYTHONPROFILEIMPORTTIME": "1"})
+        vm.cmd("query-status")
+        vm.kill()
+        imported = {line.rsplit("|", 1)[-1].strip() for line in vm.stderr_text().splitlines()
+                    if line.startswith("import time:")}
+        assert imported, "no import-time lines: the check itself is broken"
+        heavy = {name for name in imported
+                 if name.split(".")[0] == "numpy"
+                 or name in ("livemig.migration.outgoing", "livemig.migration.incoming")}
+        assert not heavy, sorted(heavy)
+
+
+def test_uuid_validation(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    """validate-uuid as QEMU 7.2: only a differing UUID set on both sides refuses."""
+    kind = vmm_any_accel
+    one, two = "11111111-2222-3333-4444-555555555555", "11111111-2222-3333-4444-666666666666"
+    cases = [(one, one, True), (one, two, False), (None, one, True), (one, None, True)]
+    for index, (src_uuid, dst_uuid, ok) in enumerate(cases):
+        uri = f"unix:{lab.workdir / f'mig{index}.sock'}"
+        src = lab.start(kind, f"src{index}", extra=["-uuid", src_uuid] if src_uuid else [])
+        dst = start_dest(lab, kind, f"dst{index}", uri,
+                         ["-uuid", dst_uuid] if dst_uuid else [])
+        if src_uuid:
+            assert src.cmd("query-uuid")["UUID"] == src_uuid
+        set_capability(src, "validate-uuid")
+        set_parameter(src, "max-bandwidth", FAST)
+        migrate(src, uri)
+        if ok:
+            wait_for_status(src, "completed", timeout=120)
+            wait_until(lambda d=dst: d.status() == "running", 30, "the destination to run")
+        else:
+            assert dst.wait_exit(60) != 0
+            assert "UUID received is" in dst.stderr_text()
+            wait_until(lambda s=src: migration_status(s) == "failed", 60, "the source to fail")
+            assert src.status() == "running"
+        src.kill()
+        dst.kill()
+    plain = lab.start(kind, "plain")
+    assert plain.cmd("query-uuid")["UUID"] == "00000000-0000-0000-0000-000000000000"
+
+
+def test_incoming_fd_by_name(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    """getfd on the destination, then migrate-incoming fd:NAME."""
+    kind = vmm_any_accel
+    src = lab.start(kind, "src")
+    dst = lab.start(kind, "dst", extra=["-incoming", "defer"])
+    left, right = socket.socketpair()
+    with left, right:
+        src.qmp.send_fd_scm(left.fileno())
+        src.cmd("getfd", fdname="out")
+        dst.qmp.send_fd_scm(right.fileno())
+        dst.cmd("getfd", fdname="in")
+    dst.cmd("migrate-incoming", uri="fd:in")
+    set_parameter(src, "max-bandwidth", FAST)
+    migrate(src, "fd:out")
+    wait_for_status(src, "completed", timeout=120)
+    wait_until(lambda: dst.status() == "running", 60, "the destination to run")
+
+
+def test_cpu_host_needs_kvm(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    kind = vmm_any_accel
+    proc = lab.spawn(lab.argv(kind, "cpu", extra=["-cpu", "host", "-machine", "accel=tcg"],
+                              qmp=False), "cpu")
+    assert proc.wait(30) == 1
+    assert "CPU model 'host' requires KVM or HVF" in (lab.workdir / "cpu.stderr").read_text()
+
