@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..errors import StreamError
+from ..memory import PAGE_SIZE
 from ..migration import codec
-
-PAGE_SIZE = 4096
 
 
 @dataclass

@@ -199,6 +199,7 @@ class OutgoingMigration:
         self.error = reason
         new = self.status.crash(reason)
         if new == S.FAILED:
+            self.times.end = time.monotonic()
             self._end_guest(S.FAILED)
             channel = self._channel
             if channel is not None:
@@ -424,10 +425,11 @@ class OutgoingMigration:
         self._end_guest(status)
         if status == S.COMPLETED:
             self._must(self.status.transition({S.ACTIVE, S.POSTCOPY_ACTIVE}, S.COMPLETED))
-        elif status == S.FAILED and self.status.transition({S.SETUP, S.ACTIVE}, S.FAILED):
-            pass
-        else:  # cancelled, or failed while a cancel was under way
-            self._must(self.status.transition(S.CANCELLING, S.CANCELLED))
+            return
+        if status == S.FAILED and self.status.transition({S.SETUP, S.ACTIVE}, S.FAILED):
+            return
+        # Cancelled, or failed while a cancel was under way: the cancel wins.
+        self._must(self.status.transition(S.CANCELLING, S.CANCELLED))
 
     # --- query-migrate ---------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

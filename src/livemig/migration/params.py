@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import MigrationError
+from ..memory import PAGE_SIZE
 
 MiB = 1 << 20
-PAGE_SIZE = 4096
 
 MULTIFD_COMPRESSION = ("none", "zlib", "zstd")
 

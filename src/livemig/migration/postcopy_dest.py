@@ -158,10 +158,8 @@ class PostcopyDestination:
 
     # --- placing pages (the receiving thread) -------------------------------------
     def _check_new(self, first: int, count: int) -> None:
-        if first + count > self.ram.pages or count > POSTCOPY_MAX_RUN:
-            raise MigrationReceiveError(
-                f"postcopy page run {first}+{count} lies outside guest RAM "
-                f"({self.ram.pages} pages) or exceeds {POSTCOPY_MAX_RUN} pages")
+        """A page is placed once. (That the run lies inside RAM, the codec
+        checked before the record reached us.)"""
         with self._cond:
             again = np.flatnonzero(self.placed[first:first + count])
         if len(again):

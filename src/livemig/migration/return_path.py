@@ -37,10 +37,6 @@ class ReturnPath:
                 self.channel.abort()
                 return False
 
-    def abort(self) -> None:
-        """Break the channel from any thread (a pause); it stays open."""
-        self.channel.abort()
-
     def close(self) -> None:
         """Close the channel once no write is in flight (its owner only)."""
         with self._lock:

@@ -95,9 +95,6 @@ class StatusMachine:
     def status(self) -> Status:
         return self._status
 
-    def __str__(self) -> str:
-        return self._status.value
-
     @property
     def in_progress(self) -> bool:
         return self._status in IN_PROGRESS
@@ -158,8 +155,3 @@ class StatusMachine:
         except Exception:  # an event that cannot be sent must not change the job
             log.exception("could not announce migration status %s", new)
         self._cond.notify_all()
-
-    def wait(self, predicate: Callable[[Status], bool], timeout: float | None = None) -> bool:
-        """Block until ``predicate(status)`` holds; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: predicate(self._status), timeout)
