@@ -7,7 +7,9 @@ record, and from struct where it wants a malformed one.
 from __future__ import annotations
 
 import json
+import socket
 import struct
+import threading
 from typing import Any
 
 from livemig.accel.cpustate import CpuState
@@ -56,6 +58,19 @@ def state_with(path: list[str], value: Any) -> bytes:
         target = target[int(key)] if isinstance(target, list) else target[key]
     target[path[-1]] = value
     return raw_state(json.dumps(body).encode())
+
+
+def drain(conn: socket.socket) -> threading.Thread:
+    """Read and drop everything ``conn`` receives, on a thread, until EOF."""
+    def run() -> None:
+        try:
+            while conn.recv(1 << 20):
+                pass
+        except OSError:
+            pass
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 ADVISE = codec.PostcopyAdvise().encode()

@@ -27,8 +27,9 @@ from migration_helpers import (
     wait_for_status,
 )
 from postcopy_helpers import set_capability, set_parameter
+from stream_helpers import drain
 
-from livemig.lab import VmLauncher, VmmKind, wait_until
+from livemig.lab import Vm, VmLauncher, VmmKind, wait_until
 
 FAST = 100_000_000_000
 
@@ -44,15 +45,17 @@ def _drain_listener(path: Path) -> threading.Thread:
             server.settimeout(60)
             conn, _ = server.accept()
         with conn:
-            try:
-                while conn.recv(1 << 20):
-                    pass
-            except OSError:
-                pass
+            drain(conn).join()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     return thread
+
+
+def _migrate_to_drain(src: Vm, path: Path) -> threading.Thread:
+    peer = _drain_listener(path)
+    migrate(src, f"unix:{path}")
+    return peer
 
 
 def test_cancel_around_completion_always_ends_cleanly(vmm_any_accel: VmmKind,
@@ -62,16 +65,17 @@ def test_cancel_around_completion_always_ends_cleanly(vmm_any_accel: VmmKind,
     kind = vmm_any_accel
     src = lab.start(kind, "src")
     set_parameter(src, "max-bandwidth", FAST)
+    # How long one migration takes here: the cancels are aimed across that span.
+    peer = _migrate_to_drain(src, lab.workdir / "drain-timed.sock")
+    info = wait_for_status(src, "completed", timeout=60)
+    peer.join(30)
+    src.cmd("cont")
+    span = 2 * info["total-time"] / 1000
     rng = random.Random(8)
     outcomes: set[str] = set()
     for index in range(50):
-        path = lab.workdir / f"drain{index}.sock"
-        peer = _drain_listener(path)
-        started = time.monotonic()
-        migrate(src, f"unix:{path}")
-        delay = rng.uniform(0, 0.3)
-        while time.monotonic() - started < delay:   # aim the cancel, not a wait
-            pass
+        peer = _migrate_to_drain(src, lab.workdir / f"drain{index}.sock")
+        time.sleep(rng.uniform(0, span))   # where to aim this cancel, not a wait
         src.cmd("migrate_cancel")
         info = wait_until(lambda: (i := src.cmd("query-migrate"))["status"] in
                           ("cancelled", "completed") and i, 30, "the job to end")
@@ -80,7 +84,20 @@ def test_cancel_around_completion_always_ends_cleanly(vmm_any_accel: VmmKind,
         if info["status"] == "completed":
             src.cmd("cont")
         assert src.status() == "running"
-    assert outcomes, outcomes
+    # Aimed across the whole migration, cancels land both before and after
+    # the point of no return: both endings must have been seen.
+    assert outcomes == {"cancelled", "completed"}, outcomes
+
+
+def _pair_with_fault(lab: VmLauncher, kind: VmmKind, point: str, side: str) -> tuple[Vm, Vm]:
+    """A source and a destination on mig.sock, ``point`` armed on ``side``."""
+    env = {"LIVEMIG_INJECT_FAULT": point}
+    uri = f"unix:{lab.workdir / 'mig.sock'}"
+    src = lab.start(kind, "src", env=env if side == "src" else None)
+    dst = (start_dest(lab, kind, "dst", uri) if side == "src"
+           else lab.start(kind, "dst", extra=["-incoming", uri], env=env))
+    wait_until(lambda: (lab.workdir / "mig.sock").exists(), 30, "the incoming socket")
+    return src, dst
 
 
 @pytest.mark.parametrize("point", ["source-pass", "receive-precopy"])
@@ -89,13 +106,8 @@ def test_injected_internal_error_before_switchover(livemig_tcg: VmmKind, lab: Vm
     """A bug in a job thread fails the job loudly; the source guest runs on
     and a next migration works."""
     kind = livemig_tcg
-    env = {"LIVEMIG_INJECT_FAULT": point}
-    uri = f"unix:{lab.workdir / 'mig.sock'}"
-    src = lab.start(kind, "src", env=env if point == "source-pass" else None)
-    dst = (start_dest(lab, kind, "dst", uri) if point == "source-pass"
-           else lab.start(kind, "dst", extra=["-incoming", uri], env=env))
-    wait_until(lambda: (lab.workdir / "mig.sock").exists(), 30, "the incoming socket")
-    migrate(src, uri)
+    src, dst = _pair_with_fault(lab, kind, point, "src" if point == "source-pass" else "dst")
+    migrate(src, f"unix:{lab.workdir / 'mig.sock'}")
     if point == "source-pass":
         info = wait_until(lambda: (i := src.cmd("query-migrate"))["status"] == "failed" and i,
                           60, "the source to fail")
@@ -120,12 +132,8 @@ def test_injected_internal_error_after_switchover(livemig_tcg: VmmKind, lab: VmL
     """After switchover a bug pauses the job (never fails it) and recovery
     brings it to completion, RAM intact."""
     kind = livemig_tcg
-    env = {"LIVEMIG_INJECT_FAULT": point}
     uri = f"unix:{lab.workdir / 'mig.sock'}"
-    src = lab.start(kind, "src", env=env if side == "src" else None)
-    dst = (start_dest(lab, kind, "dst", uri) if side == "src"
-           else lab.start(kind, "dst", extra=["-incoming", uri], env=env))
-    wait_until(lambda: (lab.workdir / "mig.sock").exists(), 30, "the incoming socket")
+    src, dst = _pair_with_fault(lab, kind, point, side)
     for vm in (src, dst):
         set_capability(vm, "postcopy-ram")
     set_parameter(src, "max-bandwidth", 20_000_000)
@@ -168,12 +176,10 @@ def test_max_bandwidth_zero_during_a_limited_migration(vmm_any_accel: VmmKind,
     wait_for_status(src, "completed", timeout=120)
 
 
-def test_postcopy_with_nothing_dirty(livemig_tcg: VmmKind, lab: VmLauncher) -> None:
+def test_postcopy_with_nothing_dirty(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
     """A paused guest (-S) switched to postcopy after its first pass: the
     list of stale pages is empty."""
-    # livemig only for now: the QEMU 7.2 variant failed in the session that
-    # wrote this test and was not yet investigated (see issue 8's note).
-    kind = livemig_tcg
+    kind = vmm_any_accel
     uri = f"unix:{lab.workdir / 'mig.sock'}"
     src = lab.start(kind, "src", extra=["-S"])
     dst = start_dest(lab, kind, "dst", uri)
@@ -185,7 +191,10 @@ def test_postcopy_with_nothing_dirty(livemig_tcg: VmmKind, lab: VmLauncher) -> N
     wait_for_status(src, "completed", timeout=120)
     wait_for_status(dst, "completed", timeout=120)
     assert dst.pmem(0x7C00, 512) == src.pmem(0x7C00, 512)
-    assert dst.status() == "paused"
+    # A deliberate difference: livemig keeps a guest that was paused at the
+    # source paused after postcopy, as both do after precopy; QEMU 7.2's
+    # postcopy destination runs it regardless (it only looks at its own -S).
+    assert dst.status() == ("running" if kind.is_qemu else "paused")
 
 
 @contextmanager
@@ -206,11 +215,9 @@ def _raw_qmp(lab: VmLauncher, kind: VmmKind) -> Iterator[tuple[socket.socket, Bi
     vm.kill()
 
 
-def test_qmp_nesting_gets_an_answer_and_keeps_the_session(livemig_tcg: VmmKind,
+def test_qmp_nesting_gets_an_answer_and_keeps_the_session(vmm_any_accel: VmmKind,
                                                           lab: VmLauncher) -> None:
-    # livemig only for now: the QEMU 7.2 variant failed in the session that
-    # wrote this test and was not yet investigated (see issue 8's note).
-    with _raw_qmp(lab, livemig_tcg) as (sock, reader):
+    with _raw_qmp(lab, vmm_any_accel) as (sock, reader):
         def ask(text: bytes) -> dict:  # type: ignore[type-arg]
             sock.sendall(text)
             return json.loads(reader.readline())
@@ -220,9 +227,10 @@ def test_qmp_nesting_gets_an_answer_and_keeps_the_session(livemig_tcg: VmmKind,
         deeper = b'{"execute":"query-status","arguments":{"a":' + b"[" * 1100 + b"]" * 1100
         assert ask(deeper + b"}}")["error"]["desc"] == "JSON nesting depth limit exceeded"
         sock.sendall(b'{"execute":"query-status"}')
-        # The session lives. (QEMU also reports the stray brackets after the
-        # deep value, one error each: read on until the answer.)
-        for _ in range(8):
+        # The session lives. (QEMU then reports every stray closing bracket of
+        # the refused value as an error of its own, ~1100 of them; livemig
+        # skips the value whole: read on until the answer.)
+        for _ in range(4000):
             answer = json.loads(reader.readline())
             if "return" in answer:
                 break
@@ -262,6 +270,9 @@ def test_a_client_that_never_reads_blocks_nobody(vmm_any_accel: VmmKind,
         wait_for_status(src, "completed", timeout=60)
         assert time.monotonic() - started < 60
         assert any(e["event"] == "MIGRATION" for e in src.events)
+        if not kind.is_qemu:  # livemig lets it fall behind, then drops it
+            wait_until(lambda: "messages behind: disconnecting it" in src.stderr_text(), 60,
+                       "the flooding client to be disconnected")
     finally:
         hostile.close()
 
@@ -273,16 +284,15 @@ def _send_quietly(sock: socket.socket, data: bytes) -> None:
         pass  # livemig disconnects a client that falls too far behind
 
 
-def test_precopy_over_tcp_survives_a_stalled_destination(livemig_tcg: VmmKind,
+def test_precopy_over_tcp_survives_a_stalled_destination(vmm_any_accel: VmmKind,
                                                          lab: VmLauncher) -> None:
     """SIGSTOP the destination for 6 s mid-migration: precopy waits, then completes."""
-    # livemig only for now: the QEMU 7.2 variant failed in the session that
-    # wrote this test and was not yet investigated (see issue 8's note).
-    kind = livemig_tcg
+    kind = vmm_any_accel
     src = lab.start(kind, "src")
     dst = lab.start(kind, "dst", extra=["-incoming", "tcp:127.0.0.1:0"])
     port = int(dst.cmd("query-migrate")["socket-address"][0]["port"])
     set_parameter(src, "max-bandwidth", 20_000_000)
+    src.wait_serial(b"B", timeout=60)  # RAM written: ~100 MiB that cannot go as zero pages
     migrate(src, f"tcp:127.0.0.1:{port}")
     wait_until(lambda: src.cmd("query-migrate").get("ram", {}).get("transferred", 0) > 4 << 20,
                30, "transfer under way")
@@ -299,10 +309,8 @@ def test_precopy_over_tcp_survives_a_stalled_destination(livemig_tcg: VmmKind,
     wait_for_status(src, "completed", timeout=120)
 
 
-def test_rates_move_during_the_first_pass(livemig_tcg: VmmKind, lab: VmLauncher) -> None:
-    # livemig only for now: the QEMU 7.2 variant failed in the session that
-    # wrote this test and was not yet investigated (see issue 8's note).
-    kind = livemig_tcg
+def test_rates_move_during_the_first_pass(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    kind = vmm_any_accel
     uri = f"unix:{lab.workdir / 'mig.sock'}"
     src = lab.start(kind, "src")
     start_dest(lab, kind, "dst", uri)
@@ -312,16 +320,19 @@ def test_rates_move_during_the_first_pass(livemig_tcg: VmmKind, lab: VmLauncher)
     info = wait_until(lambda: (i := src.cmd("query-migrate")).get("ram", {}).get("mbps", 0) > 0
                       and i.get("expected-downtime", 0) > 0 and i, 2.5, "live rates")
     assert info["ram"]["dirty-sync-count"] == 1, info   # still the first pass
-    wait_until(lambda: src.cmd("query-migrate")["ram"]["dirty-pages-rate"] > 0, 3,
-               "a dirty rate")
+    if kind.is_qemu:
+        # QEMU 7.2 computes dirty-pages-rate only at a dirty-log sync: still
+        # 0 three seconds into the first pass here. livemig samples its log.
+        assert src.cmd("query-migrate")["ram"]["dirty-pages-rate"] == 0
+    else:
+        wait_until(lambda: src.cmd("query-migrate")["ram"]["dirty-pages-rate"] > 0, 3,
+                   "a dirty rate")
     src.cmd("migrate_cancel")
 
 
-def test_migration_event_comes_before_stop_at_postcopy(livemig_tcg: VmmKind,
+def test_migration_event_comes_before_stop_at_postcopy(vmm_any_accel: VmmKind,
                                                        lab: VmLauncher) -> None:
-    # livemig only for now: the QEMU 7.2 variant failed in the session that
-    # wrote this test and was not yet investigated (see issue 8's note).
-    kind = livemig_tcg
+    kind = vmm_any_accel
     uri = f"unix:{lab.workdir / 'mig.sock'}"
     src = lab.start(kind, "src")
     dst = start_dest(lab, kind, "dst", uri)
@@ -329,6 +340,8 @@ def test_migration_event_comes_before_stop_at_postcopy(livemig_tcg: VmmKind,
         set_capability(vm, "postcopy-ram")
         set_capability(vm, "events")
     set_parameter(src, "max-bandwidth", 50_000_000)
+    set_parameter(src, "downtime-limit", 1)   # precopy alone must not converge
+    src.wait_serial(b"B", timeout=60)
     migrate(src, uri)
     wait_until(lambda: src.cmd("query-migrate").get("ram", {}).get("dirty-sync-count", 0) >= 2,
                120, "the first pass")

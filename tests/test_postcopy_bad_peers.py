@@ -10,31 +10,27 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 
 import pytest
 from conftest import LIVEMIG
 from migration_helpers import migrate, start_dest, wait_for_status
 from postcopy_helpers import set_capability, set_parameter
-from stream_helpers import ADVISE, PAGES, POSTCOPY_RUN, discard, header, run, state_record
+from stream_helpers import (
+    ADVISE,
+    PAGES,
+    POSTCOPY_RUN,
+    discard,
+    drain,
+    header,
+    run,
+    state_record,
+)
 from test_migration_stream_errors import KIND
 
 from livemig.lab import VmLauncher, wait_until
 
 pytestmark = pytest.mark.skipif(LIVEMIG is None, reason="livemig not installed")
 
-
-
-def _drain(conn: socket.socket) -> threading.Thread:
-    def drain() -> None:
-        try:
-            while conn.recv(1 << 20):
-                pass
-        except OSError:
-            pass
-    thread = threading.Thread(target=drain, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.mark.parametrize("message,expected", [
@@ -59,7 +55,7 @@ def test_source_pauses_on_bad_return_path(lab: VmLauncher, message: bytes,
     server.settimeout(30)
     conn, _ = server.accept()
     with server, conn:
-        _drain(conn)
+        drain(conn)
         wait_until(lambda: src.cmd("query-migrate").get("ram", {}).get("dirty-sync-count", 0)
                    >= 2, 60, "the first pass")
         src.cmd("migrate-start-postcopy")
