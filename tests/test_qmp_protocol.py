@@ -134,3 +134,14 @@ def test_introspection(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
     out = vm.workdir / "memsave.bin"
     vm.cmd("memsave", val=0x7C00, size=512, filename=str(out))
     assert out.read_bytes()[510:] == b"\x55\xaa"
+
+
+def test_quit_is_answered_before_the_process_ends(vmm_any_accel: VmmKind,
+                                                  lab: VmLauncher) -> None:
+    """The answer to quit reaches the client every time (it is written
+    before the process exits, not raced against the exit)."""
+    for index in range(10):
+        vm = lab.start(vmm_any_accel, f"q{index}", boot=False)
+        answer = vm.raw("quit")
+        assert answer == {"return": {}}, answer
+        assert vm.wait_exit(30) == 0

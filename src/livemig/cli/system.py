@@ -178,6 +178,7 @@ class System:
         # Let a command in flight (quit) finish and send its answer first.
         with self.qmp.dispatch_lock:
             pass
+        self.qmp.flush()
         return self.machine.exit_code
 
     def close(self) -> None:

@@ -50,6 +50,7 @@ class QmpSession:
         self.negotiated = False
         self._outbox: queue.Queue[bytes | None] = queue.Queue(OUTBOX_LIMIT)
         self._dropped = threading.Event()
+        self._written = threading.Condition()  # notified as the writer empties the outbox
 
     def send(self, message: dict[str, Any]) -> bool:
         """Queue ``message`` for the client; never blocks. False once the
@@ -70,10 +71,24 @@ class QmpSession:
         self.stream.shutdown()  # the reader and the writer both end; run() closes
 
     def _write_loop(self) -> None:
-        while True:
-            data = self._outbox.get()
-            if data is None or not self.stream.write(data):
-                return
+        try:
+            while True:
+                data = self._outbox.get()
+                if data is None or not self.stream.write(data):
+                    return
+                with self._written:
+                    self._outbox.task_done()
+                    self._written.notify_all()
+        finally:
+            self._dropped.set()
+            with self._written:
+                self._written.notify_all()
+
+    def flush(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) until everything queued has been written."""
+        with self._written:
+            self._written.wait_for(
+                lambda: self._dropped.is_set() or not self._outbox.unfinished_tasks, timeout)
 
     def run(self) -> None:
         writer = threading.Thread(target=self._write_loop, name="qmp-writer", daemon=True)
@@ -87,8 +102,13 @@ class QmpSession:
                 if not data:
                     return
                 for value in splitter.feed(data):
-                    response = self.handle(value)
-                    if response is not None and not self.send(response):
+                    # The answer is queued before the lock is let go, so that
+                    # whoever takes it next (the main thread after ``quit``)
+                    # finds it queued and can flush it.
+                    with self.server.dispatch_lock:
+                        response = self.handle(value)
+                        sent = response is None or self.send(response)
+                    if not sent:
                         return
         finally:
             self.server.remove_session(self)
@@ -188,6 +208,14 @@ class QmpServer:
         checked = check_arguments(cmd.schema, args)
         ctx = QmpContext(self.machine, session, self.migration)
         return call(cmd, ctx, checked)
+
+    def flush(self, timeout: float = 1.0) -> None:
+        """Let every session write what it has queued (before the process ends)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.flush(max(0.0, deadline - time.monotonic()))
 
     def emit(self, event: str, data: dict[str, Any] | None = None) -> None:
         """Send an event to every negotiated session, with QEMU's timestamp."""
