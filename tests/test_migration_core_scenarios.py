@@ -29,7 +29,7 @@ from migration_helpers import (
 from postcopy_helpers import set_capability, set_parameter
 from stream_helpers import drain
 
-from livemig.lab import Vm, VmLauncher, VmmKind, wait_until
+from livemig.lab import LabError, Vm, VmLauncher, VmmKind, wait_until
 
 FAST = 100_000_000_000
 
@@ -74,19 +74,40 @@ def test_cancel_around_completion_always_ends_cleanly(vmm_any_accel: VmmKind,
     rng = random.Random(8)
     outcomes: set[str] = set()
     for index in range(50):
-        peer = _migrate_to_drain(src, lab.workdir / f"drain{index}.sock")
-        time.sleep(rng.uniform(0, span))   # where to aim this cancel, not a wait
-        src.cmd("migrate_cancel")
-        info = wait_until(lambda: (i := src.cmd("query-migrate"))["status"] in
-                          ("cancelled", "completed") and i, 30, "the job to end")
-        outcomes.add(info["status"])
-        peer.join(30)
-        if info["status"] == "completed":
-            src.cmd("cont")
-        assert src.status() == "running"
+        try:
+            outcomes.add(_cancel_once(src, lab.workdir / f"drain{index}.sock",
+                                      rng.uniform(0, span)))
+        except LabError:
+            _qemu_block_inactivation_crash(src)
+            raise
     # Aimed across the whole migration, cancels land both before and after
     # the point of no return: both endings must have been seen.
     assert outcomes == {"cancelled", "completed"}, outcomes
+
+
+def _cancel_once(src: Vm, path: Path, delay: float) -> str:
+    """Migrate to a draining peer, cancel after ``delay``; how the job ended."""
+    peer = _migrate_to_drain(src, path)
+    time.sleep(delay)   # where to aim this cancel, not a wait
+    src.cmd("migrate_cancel")
+    info = wait_until(lambda: (i := src.cmd("query-migrate"))["status"] in
+                      ("cancelled", "completed") and i, 30, "the job to end")
+    peer.join(30)
+    if info["status"] == "completed":
+        src.cmd("cont")
+    assert src.status() == "running"
+    return str(info["status"])
+
+
+def _qemu_block_inactivation_crash(vm: Vm) -> None:
+    """A deliberate difference, stated: QEMU 7.2 aborts when a cancel lands
+    just as it completes, on the assertion in block.c that a disk is not
+    inactivated twice (its disk inactivation around completion was rewritten
+    in later QEMUs). The test records that as an expected failure of QEMU's,
+    and only that: livemig, and any other QEMU failure, still fail."""
+    if vm.kind.is_qemu and vm.process.poll() is not None and \
+            "bdrv_inactivate_recurse: Assertion" in vm.stderr_text():
+        pytest.xfail("QEMU 7.2 aborts in bdrv_inactivate_recurse on a cancel at completion")
 
 
 def _pair_with_fault(lab: VmLauncher, kind: VmmKind, point: str, side: str) -> tuple[Vm, Vm]:
@@ -185,9 +206,14 @@ def test_postcopy_with_nothing_dirty(vmm_any_accel: VmmKind, lab: VmLauncher) ->
     dst = start_dest(lab, kind, "dst", uri)
     for vm in (src, dst):
         set_capability(vm, "postcopy-ram")
-    set_parameter(src, "max-bandwidth", 50_000_000)
+    set_capability(src, "events")
+    # A paused guest's RAM is nearly all zero pages, which cost a few bytes
+    # each: at a higher limit QEMU can finish its whole precopy pass before
+    # the switch is asked for, and this test would test nothing.
+    set_parameter(src, "max-bandwidth", 100_000)
     migrate(src, uri)
     src.cmd("migrate-start-postcopy")
+    src.wait_event("MIGRATION", 60, lambda ev: ev["data"]["status"] == "postcopy-active")
     wait_for_status(src, "completed", timeout=120)
     wait_for_status(dst, "completed", timeout=120)
     assert dst.pmem(0x7C00, 512) == src.pmem(0x7C00, 512)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qemu.qmp import ConnectError
+from qemu.qmp import ConnectError, ExecInterruptedError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from ..errors import LivemigError
@@ -136,7 +136,11 @@ class Vm:
 
     def raw(self, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run a command; return QMP's whole answer (return or error)."""
-        response = self.qmp.cmd_raw(name, args)
+        try:
+            response = self.qmp.cmd_raw(name, args)
+        except ExecInterruptedError as err:
+            raise LabError(f"{self.name}: {name}: the connection was lost"
+                           f"{self._exit_story()}") from err
         self._collect()
         return response
 
@@ -181,6 +185,15 @@ class Vm:
         data = out.read_bytes()
         out.unlink()
         return data
+
+    def _exit_story(self) -> str:
+        """Why a VMM went away, for an error message: exit code and stderr's tail."""
+        try:
+            code = self.process.wait(2)
+        except subprocess.TimeoutExpired:
+            return " (the process is still running)"
+        tail = self.stderr_text().strip()[-2000:]
+        return f" (it exited with {code}){': ' + tail if tail else ''}"
 
     def stderr_text(self) -> str:
         try:
