@@ -19,6 +19,7 @@ from .codec import BufferedReader
 from .uri import Uri
 
 IOV_MAX = 1024
+BACKLOG = 256  # a main channel and up to 255 multifd channels may queue at once
 SOCKET_BUFFER = 4 << 20  # 4 MiB each way: ~1.7x the loopback throughput of the default
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>: root may exceed wmem_max
 
@@ -252,7 +253,7 @@ class Listener:
                     os.unlink(uri.target)
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 self._sock.bind(uri.target)
-                self._sock.listen(1)
+                self._sock.listen(BACKLOG)
             elif uri.scheme == "tcp":
                 host = _tcp_host(uri.host)
                 family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
@@ -261,7 +262,7 @@ class Listener:
                 self._sock = socket.socket(info[0], socket.SOCK_STREAM)
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 self._sock.bind(info[4])
-                self._sock.listen(1)
+                self._sock.listen(BACKLOG)
             elif uri.scheme == "fd":
                 self._fd = incoming_fd(uri, take_fd)
         except OSError as err:
@@ -279,12 +280,23 @@ class Listener:
         host, port = self._sock.getsockname()[:2]
         return [{"type": "inet", "host": host, "port": str(port)}]
 
-    def accept(self, postcopy: bool = False) -> Channel:
-        """Wait for the source. ``postcopy``: a recovery channel."""
+    @property
+    def can_accept_more(self) -> bool:
+        """A listening socket takes more connections (multifd); fd: and exec: don't."""
+        return self._sock is not None
+
+    def accept(self, postcopy: bool = False, timeout: float | None = None) -> Channel:
+        """Wait for the source (``timeout``: at most so long). ``postcopy``: a
+        recovery channel."""
         uri = self.uri
         label = f"{uri.scheme}:{uri.target}"
         if self._sock is not None:
-            conn, _ = self._sock.accept()
+            self._sock.settimeout(timeout)
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError as err:
+                raise MigrationError(f"no connection on {label} within {timeout:.0f} s") from err
+            conn.settimeout(None)
             if uri.scheme == "tcp":
                 _watch_tcp_peer(conn, postcopy)
             return Channel(conn, label=label, tcp=uri.scheme == "tcp")

@@ -31,13 +31,18 @@ if TYPE_CHECKING:
     import numpy as np
 
 MAGIC = b"LVMG"
-VERSION = 2  # 1: livemig 0.1 (untyped state, no UUID); 2: typed state, UUID in the header
+# 1: livemig 0.1 (untyped state, no UUID); 2: typed state, UUID in the header;
+# 3: multifd channels, compressed runs, xbzrle deltas, stream settings in the header.
+VERSION = 3
 
 HEADER = struct.Struct("<4sHIQI")      # magic, version, page size, RAM bytes, JSON length
 RUN = struct.Struct("<BQI")            # tag, first page, page count
 BLOB = struct.Struct("<BI")            # tag, byte length (JSON follows)
 COUNT = struct.Struct("<BQ")           # tag, count
 RANGE = struct.Struct("<QQ")           # first page, page count (discard entries)
+PACKED = struct.Struct("<BQII")        # tag, first page, page count, byte length
+DELTA = struct.Struct("<BQIII")        # tag, first page, page count, runs, data bytes
+HELLO = struct.Struct("<4sBB")         # magic, channel index, channel count
 
 # Stream records (source to destination).
 TAG_PAGES = 0x01
@@ -49,15 +54,21 @@ TAG_POSTCOPY_ADVISE = 0x06
 TAG_DISCARD = 0x07
 TAG_POSTCOPY_RUN = 0x08
 TAG_RESUME = 0x09
+TAG_MULTIFD_FLUSH = 0x0A   # main channel: every multifd channel has reached this barrier
+TAG_CHANNEL_SYNC = 0x0B    # multifd channel: the barrier; nothing after it until released
+TAG_COMPRESSED = 0x0C      # multifd channel: a run of pages, compressed
+TAG_DELTA = 0x0D           # main channel: xbzrle deltas against the pages last sent
 # Return-path records (destination to source).
 TAG_REQUEST = 0x41
 TAG_HAVE = 0x42
 TAG_DONE = 0x43
 
+CHANNEL_MAGIC = b"LVMC"   # begins a multifd channel (a main channel begins with MAGIC)
 MAX_DESCRIPTION = 1 << 20
 MAX_STATE = 16 << 20
 MAX_RUN_PAGES = 1 << 20
 POSTCOPY_MAX_RUN = 1024  # pages per page record after switchover (the staging buffer)
+PAGE_BYTES = 4096  # the stream's page size (the header states it; memory.PAGE_SIZE agrees)
 
 
 # --- reading -----------------------------------------------------------------------
@@ -148,6 +159,12 @@ class Limits:
     max_run_pages: int = MAX_RUN_PAGES
     max_state: int = MAX_STATE
 
+    def max_compressed(self, count: int) -> int:
+        """The largest compressed form of ``count`` pages worth reading: their
+        size plus every method's worst-case expansion, with room to spare."""
+        raw = count * PAGE_BYTES
+        return raw + raw // 64 + 4096
+
     def check_run(self, first: int, count: int, what: str, offset: int) -> None:
         """The one "run lies inside guest RAM" check, for every direction."""
         if count == 0 or count > self.max_run_pages or first + count > self.ram_pages:
@@ -197,9 +214,13 @@ class Header:
     ram_size: int
     machine: dict[str, Any]
     uuid: str | None = None   # with validate-uuid on a source that has one
+    # How the pages travel: {"channels": n, "compression": "none"|"zlib"|"zstd"}
+    # with multifd; None on a single channel.
+    multifd: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
-        body = encode_object({"machine": self.machine, "uuid": self.uuid})
+        body = encode_object({"machine": self.machine, "uuid": self.uuid,
+                              "multifd": self.multifd})
         return HEADER.pack(MAGIC, VERSION, self.page_size, self.ram_size, len(body)) + body
 
 
@@ -213,10 +234,35 @@ def read_header(reader: Reader) -> Header:
     if length > MAX_DESCRIPTION:
         raise StreamError(f"machine description of {length} bytes is too large", offset)
     body = decode_object(reader.read(length), "machine description", offset)
-    machine, uuid = body.get("machine"), body.get("uuid")
+    machine, uuid, multifd = body.get("machine"), body.get("uuid"), body.get("multifd")
     if not isinstance(machine, dict) or not (uuid is None or isinstance(uuid, str)):
         raise StreamError("malformed machine description", offset)
-    return Header(page_size, ram_size, machine, uuid)
+    if multifd is not None and not (
+            isinstance(multifd, dict) and type(multifd.get("channels")) is int
+            and isinstance(multifd.get("compression"), str)):
+        raise StreamError("malformed multifd settings in the header", offset)
+    return Header(page_size, ram_size, machine, uuid, multifd)
+
+
+@dataclass(frozen=True)
+class ChannelHello:
+    """Begins each multifd channel: which of the ``count`` channels it is."""
+
+    index: int
+    count: int
+
+    def encode(self) -> bytes:
+        return HELLO.pack(CHANNEL_MAGIC, self.index, self.count)
+
+
+def read_hello(reader: Reader) -> ChannelHello:
+    offset = reader.offset
+    magic, index, count = HELLO.unpack(reader.read(HELLO.size))
+    if magic != CHANNEL_MAGIC:
+        raise StreamError(f"not a livemig multifd channel (magic {magic!r})", offset)
+    if index >= count:
+        raise StreamError(f"multifd channel {index} of {count} does not exist", offset)
+    return ChannelHello(index, count)
 
 
 # --- records ------------------------------------------------------------------------------
@@ -340,6 +386,63 @@ class PagesHeld:
 
 
 @dataclass(frozen=True)
+class MultifdFlush:
+    """Main channel: barrier ``barrier`` was sent on every multifd channel;
+    the destination lets no channel past it until all have reached it."""
+
+    TAG: ClassVar[int] = TAG_MULTIFD_FLUSH
+    barrier: int
+
+    def encode(self) -> bytes:
+        return COUNT.pack(self.TAG, self.barrier)
+
+
+@dataclass(frozen=True)
+class ChannelSync:
+    """Multifd channel: every page before this belongs to barriers up to ``barrier``."""
+
+    TAG: ClassVar[int] = TAG_CHANNEL_SYNC
+    barrier: int
+
+    def encode(self) -> bytes:
+        return COUNT.pack(self.TAG, self.barrier)
+
+
+@dataclass(frozen=True)
+class CompressedRun:
+    """``count`` pages from ``first``, as ``length`` compressed bytes that follow
+    (the method is the stream's, from the header)."""
+
+    TAG: ClassVar[int] = TAG_COMPRESSED
+    first: int
+    count: int
+    length: int
+
+    def encode(self) -> bytes:
+        return PACKED.pack(self.TAG, self.first, self.count, self.length)
+
+
+@dataclass(frozen=True)
+class DeltaRun:
+    """xbzrle: changes to pages ``first`` .. ``first + count`` against the copy
+    last sent. ``runs`` little-endian u32 byte offsets (from the first page),
+    then ``runs`` u16 lengths, then ``data`` bytes of new contents follow."""
+
+    TAG: ClassVar[int] = TAG_DELTA
+    first: int
+    count: int
+    runs: int
+    data: int
+
+    def encode(self) -> bytes:
+        return DELTA.pack(self.TAG, self.first, self.count, self.runs, self.data)
+
+    @property
+    def body_size(self) -> int:
+        return self.runs * 6 + self.data
+
+
+@dataclass(frozen=True)
 class End(_TagOnly):
     """The stream is complete."""
 
@@ -375,7 +478,7 @@ class Done(_TagOnly):
 
 
 StreamRecord = (PageRun | ZeroRun | Sync | State | End | PostcopyAdvise | Discard
-                | PostcopyRun | Resume)
+                | PostcopyRun | Resume | MultifdFlush | ChannelSync | CompressedRun | DeltaRun)
 ReturnRecord = PageRequest | PagesHeld | Done
 
 
@@ -395,6 +498,34 @@ def _sync(reader: Reader, limits: Limits, offset: int) -> Sync:
     if zero:
         raise StreamError("malformed sync record", offset)
     return Sync(count)
+
+
+def _barrier(cls: type) -> Callable[[Reader, Limits, int], Any]:
+    def decode(reader: Reader, limits: Limits, offset: int) -> Any:
+        _tag, barrier = COUNT.unpack(bytes([cls.TAG]) + reader.read(COUNT.size - 1))
+        return cls(barrier)
+    return decode
+
+
+def _compressed(reader: Reader, limits: Limits, offset: int) -> CompressedRun:
+    _tag, first, count, length = PACKED.unpack(bytes([TAG_COMPRESSED])
+                                               + reader.read(PACKED.size - 1))
+    limits.check_run(first, count, "compressed run", offset)
+    if length > limits.max_compressed(count):
+        raise StreamError(f"compressed run of {length} bytes for {count} pages is too large",
+                          offset)
+    return CompressedRun(first, count, length)
+
+
+def _delta(reader: Reader, limits: Limits, offset: int) -> DeltaRun:
+    _tag, first, count, runs, data = DELTA.unpack(bytes([TAG_DELTA])
+                                                  + reader.read(DELTA.size - 1))
+    limits.check_run(first, count, "xbzrle run", offset)
+    span = count * PAGE_BYTES
+    if runs > span or data > span or (runs == 0) != (data == 0):
+        raise StreamError(f"xbzrle run of {runs} changes, {data} bytes, does not fit "
+                          f"{count} pages", offset)
+    return DeltaRun(first, count, runs, data)
 
 
 def _state(reader: Reader, limits: Limits, offset: int) -> State:
@@ -441,6 +572,10 @@ STREAM_DECODERS: dict[int, Callable[[Reader, Limits, int], Any]] = {
     TAG_DISCARD: _discard,
     TAG_POSTCOPY_RUN: _bare_decoder(PostcopyRun),
     TAG_RESUME: _bare_decoder(Resume),
+    TAG_MULTIFD_FLUSH: _barrier(MultifdFlush),
+    TAG_CHANNEL_SYNC: _barrier(ChannelSync),
+    TAG_COMPRESSED: _compressed,
+    TAG_DELTA: _delta,
 }
 RETURN_DECODERS: dict[int, Callable[[Reader, Limits, int], Any]] = {
     TAG_REQUEST: _run(PageRequest, "return path: the destination asked for pages"),

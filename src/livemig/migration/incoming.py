@@ -28,10 +28,13 @@ from ..uffd import probe_missing
 from . import faults, jobthread, state
 from .channel import Channel, Listener, TakeFd
 from .codec import (
+    DeltaRun,
     Discard,
     Done,
     End,
+    Header,
     Limits,
+    MultifdFlush,
     PageRun,
     PagesHeld,
     PostcopyAdvise,
@@ -40,6 +43,7 @@ from .codec import (
     Sync,
     ZeroRun,
     read_header,
+    read_hello,
     read_record,
 )
 from .params import Settings
@@ -52,11 +56,13 @@ from .uri import Uri
 if TYPE_CHECKING:
     import numpy as np
 
+    from .multifd import MultifdReceiver
     from .postcopy_dest import PostcopyDestination
 
 log = logging.getLogger(__name__)
 
 S = Status
+MULTIFD_ACCEPT_S = 30.0  # how long the announced multifd channels may take to connect
 _ERRORS = (LivemigError, OSError, EOFError)
 
 
@@ -94,6 +100,8 @@ class IncomingMigration:
         self._thread: threading.Thread | None = None
         self._earlier_bytes = 0  # received on channels before the current one (recovery)
         self._service_failure: str | None = None  # why the fault service died, if it did
+        self._multifd: MultifdReceiver | None = None
+        self._stats_lock = threading.Lock()  # multifd threads count pages too
 
     def _announce(self, status: Status) -> None:
         if self.settings.caps["events"]:
@@ -133,17 +141,20 @@ class IncomingMigration:
     def _run(self) -> None:
         try:
             channel = self.listener.accept()
-            self.listener.close()
             self._channel = channel
             self.times = JobTimes()
             self._must(self.status.transition(S.NONE, S.SETUP))
-            self._read_header(channel)
+            header = self._read_header(channel)
+            self._accept_multifd(header)
+            self.listener.close()
             self._must(self.status.transition(S.SETUP, S.ACTIVE))
             self.phase = Phase.PRECOPY_START
             self._receive(channel)
         except _ERRORS as err:
             if self.postcopy is None:
-                self._fail(str(err))
+                multifd = self._multifd
+                self._fail(multifd.failure if multifd is not None and multifd.failure
+                           else str(err))
                 return
             self._close_channel()
             self._recover_loop(describe_break(err))
@@ -171,6 +182,7 @@ class IncomingMigration:
     def _fail(self, reason: str) -> None:
         self.error = f"load of migration failed: {reason}"
         log.error("%s", self.error)
+        self._close_multifd()
         self._close_channel()
         self.status.transition({S.NONE, S.SETUP, S.ACTIVE}, S.FAILED)
         self._on_failure(self.error)
@@ -186,7 +198,60 @@ class IncomingMigration:
         elif channel is not None:
             channel.close()
 
-    def _read_header(self, channel: Channel) -> None:
+    def _close_multifd(self) -> None:
+        multifd, self._multifd = self._multifd, None
+        if multifd is not None:
+            multifd.close()
+
+    def _accept_multifd(self, header: Header) -> None:
+        """The multifd channels the header announces, checked against our settings."""
+        ours = self.settings.caps["multifd"]
+        theirs = header.multifd
+        if theirs is None:
+            if ours:
+                raise MigrationReceiveError("the multifd capability is set here but not on "
+                                            "the source (set it alike on both sides)")
+            return
+        count, method = theirs["channels"], theirs["compression"]
+        if not ours:
+            raise MigrationReceiveError(f"the source sends pages over {count} multifd channels,"
+                                        " but the multifd capability is not set here")
+        params = self.settings.params
+        if count != params["multifd-channels"]:
+            raise MigrationReceiveError(
+                f"multifd: the source has {count} channels, this destination "
+                f"{params['multifd-channels']} (set multifd-channels alike on both sides)")
+        if method != params["multifd-compression"]:
+            raise MigrationReceiveError(
+                f"multifd: the source compresses with {method}, this destination expects "
+                f"{params['multifd-compression']} (set multifd-compression alike)")
+        if not self.listener.can_accept_more:
+            raise MigrationReceiveError("multifd is not supported by current protocol "
+                                        "(it needs unix: or tcp:)")
+        from .multifd import MultifdReceiver, StreamSettings
+
+        receiver = MultifdReceiver(self.machine.ram, self._limits, StreamSettings(count, method),
+                                   self.stats, self._stats_lock, self._multifd_failed)
+        self._multifd = receiver
+        for _ in range(count):
+            channel = self.listener.accept(timeout=MULTIFD_ACCEPT_S)
+            try:
+                hello = read_hello(channel.reader)
+                if hello.count != count:
+                    raise MigrationReceiveError(f"multifd channel {hello.index} says there are "
+                                                f"{hello.count} channels, the header {count}")
+                receiver.add(hello.index, channel)
+            except BaseException:
+                channel.close()
+                raise
+
+    def _multifd_failed(self) -> None:
+        """A multifd channel failed: wake the job thread off the main channel."""
+        channel = self._channel
+        if channel is not None:
+            channel.abort()
+
+    def _read_header(self, channel: Channel) -> Header:
         header = read_header(channel.reader)
         self.stats.transferred = channel.reader.offset
         if header.page_size != PAGE_SIZE:
@@ -201,6 +266,7 @@ class IncomingMigration:
             raise MigrationReceiveError(f"machine differs: source {header.machine}, "
                                         f"destination {ours}")
         self._check_uuid(header.uuid)
+        return header
 
     def _check_uuid(self, theirs: str | None) -> None:
         """validate-uuid, as QEMU 7.2: only a source with the capability and a
@@ -230,6 +296,14 @@ class IncomingMigration:
                     self._place(channel, record)
                 else:
                     self._load(channel, record)
+            elif isinstance(record, DeltaRun):
+                from .xbzrle import apply_delta
+                apply_delta(self.machine.ram, record, reader)
+                self.stats.normal += record.count
+            elif isinstance(record, MultifdFlush):
+                if self._multifd is None:
+                    raise MigrationReceiveError("a multifd flush on a stream without multifd")
+                self._multifd.flush(record.barrier)
             elif isinstance(record, Sync):
                 self.stats.dirty_sync_count = record.count
             elif isinstance(record, State):
@@ -244,9 +318,14 @@ class IncomingMigration:
                 if self.postcopy is not None and self.postcopy.missing:
                     raise MigrationReceiveError(
                         f"stream ended with {self.postcopy.missing} pages still missing")
-                self.stats.transferred = self._earlier_bytes + reader.offset
+                if self._multifd is not None:
+                    self._multifd.finish()
+                    self._close_multifd()
+                self.stats.transferred = (self._earlier_bytes + reader.offset
+                                          + self.stats.multifd_bytes)
                 return
-            self.stats.transferred = self._earlier_bytes + reader.offset
+            self.stats.transferred = (self._earlier_bytes + reader.offset
+                                      + self.stats.multifd_bytes)
 
     def _load(self, channel: Channel, record: PageRun | ZeroRun) -> None:
         """Precopy: straight into RAM (nothing runs on it yet)."""
@@ -312,6 +391,9 @@ class IncomingMigration:
         run the guest."""
         from .postcopy_dest import PostcopyDestination
 
+        if self._multifd is not None:  # its channels ended at the last flush
+            self._multifd.finish()
+            self._close_multifd()
         assert self._discard is not None and self._state is not None  # the phases say so
         state.apply(self.machine, self._state)
         postcopy = PostcopyDestination(self.machine, self._discard, self.machine.accel_name,

@@ -25,13 +25,25 @@ from ..memory import PAGE_SIZE
 from ..memory.dirty import DirtyTracker
 from . import faults, jobthread, state
 from .channel import Channel, connect
-from .codec import Discard, End, Header, PostcopyAdvise, PostcopyRun, State, Sync
+from .codec import (
+    ChannelHello,
+    Discard,
+    End,
+    Header,
+    MultifdFlush,
+    PostcopyAdvise,
+    PostcopyRun,
+    State,
+    Sync,
+)
+from .multifd import MultifdSender, StreamSettings
 from .pages import CHUNK_PAGES, DOWNTIME_CHUNK_PAGES, ChunkRecords, runs
 from .params import Settings
 from .postcopy_source import Done, Outcome, Paused, PostcopySource, describe
 from .stats import JobTimes, RamStats, RateLimiter
 from .status import SOURCE_TRANSITIONS, IllegalTransition, Status, StatusMachine
 from .uri import Uri
+from .xbzrle import XbzrleEncoder
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +95,10 @@ class OutgoingMigration:
         self._resume_cond = threading.Condition()
         self._resume_to: tuple[Uri, int | None] | None = None
         self._thread: threading.Thread | None = None
+        self._stats_lock = threading.Lock()  # stats are counted by multifd threads too
+        self.streams = stream_settings(settings)
+        self._multifd: MultifdSender | None = None
+        self.xbzrle: XbzrleEncoder | None = None  # from the second pass on, with the capability
 
     def _announce(self, status: Status) -> None:
         if self.settings.caps["events"]:
@@ -128,6 +144,9 @@ class OutgoingMigration:
         channel = self._channel
         if channel is not None:
             channel.abort()  # the job thread closes it
+        multifd = self._multifd
+        if multifd is not None:
+            multifd.abort()
 
     def parameters_changed(self) -> None:
         self.limiter.set_limit(self.settings.params["max-bandwidth"])
@@ -141,7 +160,7 @@ class OutgoingMigration:
     def header(self) -> Header:
         uuid = self.machine.config.uuid if self.settings.caps["validate-uuid"] else None
         return Header(PAGE_SIZE, self.machine.ram.size, state.machine_description(self.machine),
-                      uuid)
+                      uuid, self.streams.header() if self.streams is not None else None)
 
     # --- the job ------------------------------------------------------------------------
     @staticmethod
@@ -163,6 +182,8 @@ class OutgoingMigration:
             if postcopy:
                 start.append(PostcopyAdvise().encode())
             self._send(start, "precopy")
+            if self.streams is not None:
+                self._open_multifd(self.streams)
             tracker = self.machine.dirty_tracker()
             tracker.start()
             self._synced(first=True)
@@ -180,7 +201,9 @@ class OutgoingMigration:
             if self._cancel.is_set():
                 self._end(S.CANCELLED)
             else:
-                self.error = describe_failure(err, self._channel)
+                multifd = self._multifd
+                self.error = (multifd.failure if multifd is not None and multifd.failure
+                              else describe_failure(err, self._channel))
                 log.warning("migration failed: %s", self.error)
                 self._end(S.FAILED)
         finally:
@@ -189,6 +212,7 @@ class OutgoingMigration:
                     tracker.stop()
                 except LivemigError as err:
                     log.warning("could not stop dirty tracking: %s", err)
+            self._close_multifd()
             channel, self._channel = self._channel, None
             if channel is not None:
                 channel.close()
@@ -204,6 +228,9 @@ class OutgoingMigration:
             channel = self._channel
             if channel is not None:
                 channel.abort()
+            multifd = self._multifd
+            if multifd is not None:
+                multifd.abort()
         elif new == S.POSTCOPY_PAUSED and self.postcopy is not None:
             # The job thread is gone; a new one waits for the recovery.
             postcopy = self.postcopy
@@ -220,11 +247,49 @@ class OutgoingMigration:
         """Send on the main channel and count: ``kind`` is precopy or downtime."""
         assert self._channel is not None
         sent = self._channel.send(buffers)
-        self.stats.transferred += sent
-        if kind == "precopy":
-            self.stats.precopy_bytes += sent
-        else:
-            self.stats.downtime_bytes += sent
+        with self._stats_lock:
+            self.stats.transferred += sent
+            if kind == "precopy":
+                self.stats.precopy_bytes += sent
+            else:
+                self.stats.downtime_bytes += sent
+
+    # --- multifd ------------------------------------------------------------------------
+    def _open_multifd(self, streams: StreamSettings) -> None:
+        """Connect the multifd channels (after the main channel's header)."""
+        assert self.uri is not None
+        if self.uri.scheme not in ("unix", "tcp"):
+            raise MigrationError("multifd is not supported by current protocol "
+                                 "(it needs unix: or tcp:)")
+        channels = []
+        try:
+            for index in range(streams.channels):
+                self._check_cancel()
+                channel = connect(self.uri)
+                channels.append(channel)
+                channel.send([ChannelHello(index, streams.channels).encode()])
+        except BaseException:
+            for channel in channels:
+                channel.close()
+            raise
+        self._multifd = MultifdSender(channels, self.machine.ram, streams, self.limiter,
+                                      self.stats, self._stats_lock, lambda: None)
+
+    def _barrier(self, kind: str, last: bool = False) -> None:
+        """With multifd: every page queued so far lands before anything after
+        this (module multifd); ``last``: the channels end here."""
+        multifd = self._multifd
+        if multifd is None:
+            return
+        barrier = multifd.barrier()
+        if last:
+            multifd.end()
+        self._send([MultifdFlush(barrier).encode()], kind)
+
+    def _close_multifd(self) -> None:
+        multifd, self._multifd = self._multifd, None
+        if multifd is not None:
+            multifd.close()
 
     # --- precopy ----------------------------------------------------------------------------
     def _may_switch_to_postcopy(self) -> bool:
@@ -238,13 +303,17 @@ class OutgoingMigration:
         dirty = np.ones(self.machine.ram.pages, dtype=bool)
         while True:
             started, sent_before = time.monotonic(), self.stats.transferred
+            moved_before = self.pages_moved()
             carried = self._send_pages(dirty, tracker)
+            self._barrier("precopy")
             dirty = carried | tracker.sync()
             self._synced()
+            self._start_xbzrle()
             if self._may_switch_to_postcopy():
                 raise SwitchToPostcopy(dirty)
             elapsed = max(time.monotonic() - started, 1e-6)
-            if self._converged(dirty, self.stats.transferred - sent_before, elapsed):
+            moved = (self.pages_moved() - moved_before) * PAGE_SIZE
+            if self._converged(dirty, self.stats.transferred - sent_before, moved, elapsed):
                 return dirty
 
     def _send_pages(self, dirty: np.ndarray, tracker: DirtyTracker | None) -> np.ndarray:
@@ -269,18 +338,44 @@ class OutgoingMigration:
             count = int(mask.sum())
             if not count:
                 continue
-            records = ChunkRecords(self.machine.ram, first, mask, detect_zero=live)
-            if live:
-                self.limiter.wait(records.nbytes)
-            self._send(records.buffers, "precopy" if live else "downtime")
+            self._send_chunk(first, mask, live)
             mask[:] = False  # sent: what is left of ``dirty`` is still to go
-            self.stats.duplicate += records.zero
-            self.stats.normal += records.normal
             remaining -= count
             self.stats.remaining = remaining * PAGE_SIZE
             if rates is not None:
                 rates.update()
         return carried
+
+    def _send_chunk(self, first: int, mask: np.ndarray, live: bool) -> None:
+        """One chunk of a pass: queued to multifd, xbzrle-encoded, or sent as it is."""
+        if self._multifd is not None:
+            self._multifd.submit(first, mask.copy(), live)
+            return
+        if self.xbzrle is not None:
+            buffers, zero, normal = self.xbzrle.chunk(first, mask)
+            nbytes = sum(len(b) for b in buffers)
+        else:
+            records = ChunkRecords(self.machine.ram, first, mask, detect_zero=live)
+            buffers, zero, normal, nbytes = (records.buffers, records.zero, records.normal,
+                                             records.nbytes)
+        if live:
+            self.limiter.wait(nbytes)
+        self._send(buffers, "precopy" if live else "downtime")
+        with self._stats_lock:
+            self.stats.duplicate += zero
+            self.stats.normal += normal
+
+    def _start_xbzrle(self) -> None:
+        """After the first pass (as QEMU), and anew if xbzrle-cache-size changed."""
+        if not self.settings.caps["xbzrle"] or self._multifd is not None:
+            return
+        size = self.settings.params["xbzrle-cache-size"]
+        if self.xbzrle is None:
+            self.xbzrle = XbzrleEncoder(self.machine.ram, size)
+        else:
+            self.xbzrle.stats.end_period()
+            if self.xbzrle.stats.cache_size != size:
+                self.xbzrle.resize(size)
 
     def _synced(self, first: bool = False) -> None:
         self.stats.dirty_sync_count += 1
@@ -290,13 +385,22 @@ class OutgoingMigration:
         if self.settings.caps["events"]:
             self._emit("MIGRATION_PASS", {"pass": count})
 
-    def _converged(self, dirty: np.ndarray, sent: int, elapsed: float) -> bool:
-        """Switch over once what is left fits in downtime-limit at the measured rate."""
+    def pages_moved(self) -> int:
+        """Pages sent with contents so far (whole, or as xbzrle deltas)."""
+        xbzrle = self.xbzrle
+        return self.stats.normal + (xbzrle.stats.pages if xbzrle is not None else 0)
+
+    def _converged(self, dirty: np.ndarray, sent: int, moved: int, elapsed: float) -> bool:
+        """Switch over once what is left fits in downtime-limit at the measured rate.
+
+        ``sent``: bytes on the wire this pass; ``moved``: RAM bytes they carried.
+        What is left is RAM bytes, so with compression or xbzrle (``moved`` far
+        above ``sent``) the rate that predicts the downtime is ``moved``'s."""
         dirty_pages = int(dirty.sum())
         remaining = dirty_pages * PAGE_SIZE
-        bandwidth = sent / elapsed  # bytes/s
+        self.stats.mbps = sent / elapsed * 8 / 1e6
+        bandwidth = max(sent, moved) / elapsed  # RAM bytes/s
         self.stats.remaining = remaining
-        self.stats.mbps = bandwidth * 8 / 1e6
         self.stats.dirty_pages_rate = int(dirty_pages / elapsed)
         self.stats.pages_per_second = int(sent / PAGE_SIZE / elapsed)
         expected = remaining / bandwidth * 1000 if bandwidth > 0 else float("inf")
@@ -323,6 +427,7 @@ class OutgoingMigration:
         dirty = pending | tracker.sync()
         self._synced()
         self._send_pages(dirty, None)
+        self._barrier("downtime", last=True)
         record = State(state.capture(self.machine, was_running).to_wire())
         if not self.status.commit():
             raise Cancelled()
@@ -342,6 +447,8 @@ class OutgoingMigration:
             raise Cancelled()  # QEMU's order: the status first, then STOP
         was_running = self._stop_guest()
         stopped_at = time.monotonic()
+        self._barrier("downtime", last=True)  # postcopy pages go on the main channel
+        self._close_multifd()
         need = pending | tracker.sync()
         self._synced()
         package = [Discard.from_runs(*runs(need)).encode(),
@@ -447,7 +554,24 @@ class OutgoingMigration:
             info["error-desc"] = self.error
         if status != S.FAILED or self.stats.transferred:
             info["ram"] = self.stats.to_qmp()
+        if self.settings.caps["xbzrle"]:
+            xbzrle = self.xbzrle
+            info["xbzrle-cache"] = (xbzrle.stats.to_qmp() if xbzrle is not None else
+                                    {"cache-size": self.settings.params["xbzrle-cache-size"],
+                                     "bytes": 0, "pages": 0, "cache-miss": 0,
+                                     "cache-miss-rate": 0.0, "encoding-rate": 0.0,
+                                     "overflow": 0})
         return info
+
+
+def stream_settings(settings: Settings) -> StreamSettings | None:
+    """The multifd stream the parameters ask for, or None (one channel)."""
+    if not settings.caps["multifd"]:
+        return None
+    params = settings.params
+    method = params["multifd-compression"]
+    level = {"zlib": params["multifd-zlib-level"], "zstd": params["multifd-zstd-level"]}
+    return StreamSettings(params["multifd-channels"], method, level.get(method, 0))
 
 
 class _LiveRates:
@@ -460,6 +584,7 @@ class _LiveRates:
         self._job, self._tracker, self._carried = job, tracker, carried
         now = time.monotonic()
         self._at, self._bytes = now, job.stats.transferred
+        self._moved = job.pages_moved()
         self._sampled_at = now
 
     def update(self) -> None:
@@ -469,11 +594,13 @@ class _LiveRates:
             return
         stats, times = self._job.stats, self._job.times
         bandwidth = (stats.transferred - self._bytes) / elapsed
-        self._at, self._bytes = now, stats.transferred
+        moved = self._job.pages_moved()
+        ram_rate = max(bandwidth, (moved - self._moved) * PAGE_SIZE / elapsed)
+        self._at, self._bytes, self._moved = now, stats.transferred, moved
         stats.mbps = bandwidth * 8 / 1e6
         stats.pages_per_second = int(bandwidth / PAGE_SIZE)
-        if bandwidth > 0:
-            times.expected_downtime_ms = int(min(stats.remaining / bandwidth * 1000, 2**62))
+        if ram_rate > 0:
+            times.expected_downtime_ms = int(min(stats.remaining / ram_rate * 1000, 2**62))
         if now - self._sampled_at >= DIRTY_SAMPLE_S:
             fresh = self._tracker.sync()
             self._carried |= fresh

@@ -59,7 +59,7 @@ CAPABILITIES = (
 )
 # Capabilities that change what goes on the wire and are not implemented:
 # refused when enabled, rather than silently ignored.
-UNSUPPORTED = {"xbzrle", "rdma-pin-all", "compress", "x-colo", "block", "multifd",
+UNSUPPORTED = {"rdma-pin-all", "compress", "x-colo", "block",
                "dirty-bitmaps", "background-snapshot", "zero-copy-send", "postcopy-preempt",
                "auto-converge", "release-ram", "x-ignore-shared",
                "late-block-activate", "pause-before-switchover", "zero-blocks"}

@@ -13,6 +13,13 @@ before the header. The graph is drawn in docs/migration.md::
                        switchover ─(postcopy-run)─► postcopy ─┬─ pages, zero runs
                                                               └─(end)─► done
     recovery channel: header ─► recovery ─(resume)─► postcopy
+
+Precopy phases also accept xbzrle deltas and multifd flushes. Each multifd
+channel has its own, smaller graph (CHANNEL_ACCEPTS): after its hello it
+carries pages, zero runs, compressed runs and barriers, until its end::
+
+    channel hello ─► channel ─┬─ pages, zero runs, compressed runs, syncs
+                              └─(end)─► done
 """
 
 from __future__ import annotations
@@ -21,8 +28,12 @@ from enum import StrEnum
 
 from ..errors import StreamError
 from .codec import (
+    ChannelSync,
+    CompressedRun,
+    DeltaRun,
     Discard,
     End,
+    MultifdFlush,
     PageRun,
     PostcopyAdvise,
     PostcopyRun,
@@ -44,11 +55,12 @@ class Phase(StrEnum):
     SWITCHOVER = "switchover"
     POSTCOPY = "postcopy"
     RECOVERY = "recovery"
+    CHANNEL = "channel"
     DONE = "done"
 
 
 P = Phase
-_PAGES = (PageRun, ZeroRun, Sync)
+_PAGES = (PageRun, ZeroRun, Sync, DeltaRun, MultifdFlush)
 
 ACCEPTS: dict[Phase, dict[type, Phase]] = {
     P.PRECOPY_START: {**dict.fromkeys(_PAGES, P.PRECOPY), PostcopyAdvise: P.PRECOPY_ADVISED,
@@ -65,10 +77,17 @@ ACCEPTS: dict[Phase, dict[type, Phase]] = {
 
 AFTER_SWITCHOVER = frozenset({P.POSTCOPY, P.RECOVERY})
 
+CHANNEL_ACCEPTS: dict[Phase, dict[type, Phase]] = {
+    P.CHANNEL: {PageRun: P.CHANNEL, ZeroRun: P.CHANNEL, CompressedRun: P.CHANNEL,
+                ChannelSync: P.CHANNEL, End: P.DONE},
+}
 
-def advance(phase: Phase, record: StreamRecord, offset: int) -> Phase:
-    """The phase after ``record``; StreamError if ``phase`` does not accept it."""
-    following = ACCEPTS.get(phase, {}).get(type(record))
+
+def advance(phase: Phase, record: StreamRecord, offset: int,
+            table: dict[Phase, dict[type, Phase]] = ACCEPTS) -> Phase:
+    """The phase after ``record``; StreamError if ``phase`` does not accept it.
+    ``table``: the main channel's graph, or CHANNEL_ACCEPTS for a multifd channel."""
+    following = table.get(phase, {}).get(type(record))
     if following is None:
         raise StreamError(f"unexpected {type(record).__name__} record in phase '{phase}'",
                           offset)

@@ -25,6 +25,7 @@ class RamStats:
     downtime_bytes: int = 0
     postcopy_bytes: int = 0
     postcopy_requests: int = 0
+    multifd_bytes: int = 0
 
     def to_qmp(self) -> dict[str, Any]:
         return {
@@ -40,7 +41,7 @@ class RamStats:
             "dirty-sync-count": self.dirty_sync_count,
             "postcopy-requests": self.postcopy_requests,
             "page-size": PAGE_SIZE,
-            "multifd-bytes": 0,
+            "multifd-bytes": self.multifd_bytes,
             "pages-per-second": self.pages_per_second,
             "precopy-bytes": self.precopy_bytes,
             "downtime-bytes": self.downtime_bytes,
@@ -70,6 +71,8 @@ class RateLimiter:
     while a migration runs (the reference test relies on it): set_limit()
     restarts the schedule and wakes a waiting send, which then paces by the
     new limit; 0 means unlimited. ``wake`` ends a wait for good (cancel).
+    Any number of threads may wait at once (multifd channels): the shared
+    schedule is read and moved under a lock.
     """
 
     def __init__(self, limit: int) -> None:
@@ -77,10 +80,12 @@ class RateLimiter:
         self._next_send = time.monotonic()
         self._cancel = threading.Event()
         self._changed = threading.Event()
+        self._lock = threading.Lock()
 
     def set_limit(self, limit: int) -> None:
-        self.limit = limit
-        self._next_send = time.monotonic()
+        with self._lock:
+            self.limit = limit
+            self._next_send = time.monotonic()
         self._changed.set()
 
     def wait(self, nbytes: int) -> None:
@@ -88,15 +93,16 @@ class RateLimiter:
         while True:
             self._changed.clear()  # before reading the limit: a change after it wakes us
             limit = self.limit  # one read per round: QMP may change it at any time
-            now = time.monotonic()
-            if limit <= 0:
-                self._next_send = now
-                return
-            delay = self._next_send - now
-            if delay <= 0 or self._cancel.is_set():
-                break
+            with self._lock:
+                now = time.monotonic()
+                if limit <= 0:
+                    self._next_send = now
+                    return
+                delay = self._next_send - now
+                if delay <= 0 or self._cancel.is_set():
+                    self._next_send = max(self._next_send, now) + nbytes / limit
+                    return
             self._changed.wait(delay)
-        self._next_send = max(self._next_send, now) + nbytes / limit
 
     def wake(self) -> None:
         self._cancel.set()
