@@ -85,43 +85,52 @@ class XbzrleEncoder:
         self.stats.cache_size = cache_size
 
     def chunk(self, first: int, dirty: np.ndarray) -> tuple[list[bytes | memoryview], int, int]:
-        """Records for the dirty pages of one chunk: (buffers, zero pages, whole pages)."""
+        """Records for the dirty pages of one chunk: (buffers, zero pages, whole pages).
+
+        Two steps keep it quick: a compare of 8-byte words over the whole
+        chunk, then a byte compare of the few words that changed."""
+        span = len(dirty)
         pages = first + np.flatnonzero(dirty)
         snap = self._pages[pages]                       # the copy: what is sent is cached
-        nonzero = snap.view(np.uint64).any(axis=1)
+        snap64 = snap.view(np.uint64)
+        nonzero = snap64.any(axis=1)
         slots = pages & self._mask
         hit = nonzero & (self._owner[slots] == pages)
-        miss_count = int((nonzero & ~hit).sum())
-
-        whole = nonzero & ~hit                          # misses, and overflows below
+        whole = nonzero & ~hit                          # misses; overflows join below
         buffers: list[bytes | memoryview] = []
-        delta_bytes = 0
         hit_rows = np.flatnonzero(hit)
         if len(hit_rows):
-            changed = snap[hit_rows] != self._data[slots[hit_rows]]
-            edges = np.diff(changed.view(np.int8), axis=1, prepend=0, append=0)
-            rows, starts = np.nonzero(edges == 1)
-            _rows, ends = np.nonzero(edges == -1)
-            lengths = ends - starts
-            cost = np.bincount(rows, weights=lengths + RUN_COST, minlength=len(hit_rows))
+            old64 = self._data.view(np.uint64)[slots[hit_rows]]
+            rows, words = np.nonzero(snap64[hit_rows] != old64)
+            new_words = snap64[hit_rows[rows], words]
+            changed = (new_words ^ old64[rows, words]).view(np.uint8).reshape(-1, 8) != 0
+            which, byte = np.nonzero(changed)
+            page_of = pages[hit_rows[rows[which]]] - first          # page within the chunk
+            position = page_of * PAGE_SIZE + words[which] * 8 + byte
+            values = new_words.view(np.uint8).reshape(-1, 8)[which, byte]
+            # a run: consecutive positions within one page
+            breaks = np.flatnonzero((np.diff(position) != 1) | (position[1:] % PAGE_SIZE == 0))
+            begin = np.concatenate(([0], breaks + 1)) if len(position) else breaks
+            lengths = np.diff(np.append(begin, len(position)))
+            offsets = position[begin]
+            run_page = offsets // PAGE_SIZE
+            cost = np.bincount(run_page, weights=lengths + RUN_COST, minlength=span)
             overflow = cost >= PAGE_SIZE
-            whole[hit_rows[overflow]] = True
-            keep = ~overflow[rows]
-            rows, starts, lengths = rows[keep], starts[keep], lengths[keep]
-            encoded = int(((cost > 0) & ~overflow).sum())
-            if len(rows):
-                offsets = (pages[hit_rows[rows]] - first) * PAGE_SIZE + starts
-                data = snap[hit_rows][changed & ~overflow[:, None]]
-                record = DeltaRun(first, len(dirty), len(rows), len(data))
+            if overflow.any():
+                whole[np.isin(pages - first, np.flatnonzero(overflow))] = True
+                keep_run = ~overflow[run_page]
+                values = values[~overflow[page_of]]
+                offsets, lengths = offsets[keep_run], lengths[keep_run]
+            if len(offsets):
+                record = DeltaRun(first, span, len(offsets), len(values))
                 buffers += [record.encode(), offsets.astype("<u4").tobytes(),
-                            lengths.astype("<u2").tobytes(), data.tobytes()]
-                delta_bytes = sum(len(b) for b in buffers)
-            self.stats.pages += encoded
+                            lengths.astype("<u2").tobytes(), values.tobytes()]
+            self.stats.pages += int(((cost > 0) & ~overflow).sum())
             self.stats.overflow += int(overflow.sum())
-            self.stats.bytes += delta_bytes + int(overflow.sum()) * PAGE_SIZE
+            self.stats.bytes += (sum(len(b) for b in buffers)
+                                 + int(overflow.sum()) * PAGE_SIZE)
 
-        zero = ~nonzero
-        for row0, count in _groups(pages, np.flatnonzero(zero)):
+        for row0, count in _groups(pages, np.flatnonzero(~nonzero)):
             buffers.append(ZeroRun(int(pages[row0]), count).encode())
         rows_whole = np.flatnonzero(whole)
         for row0, count in _groups(pages, rows_whole):
@@ -129,9 +138,9 @@ class XbzrleEncoder:
                         memoryview(snap[row0:row0 + count]).cast("B")]
         self._data[slots] = snap
         self._owner[slots] = pages
-        self.stats.cache_miss += miss_count
+        self.stats.cache_miss += int((nonzero & ~hit).sum())
         self.stats._checked += int(nonzero.sum())
-        return buffers, int(zero.sum()), len(rows_whole)
+        return buffers, int((~nonzero).sum()), len(rows_whole)
 
 
 def _groups(pages: np.ndarray, rows: np.ndarray) -> list[tuple[int, int]]:
