@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..chardev.spec import options_from_words, parse_bool, split_options
 from ..errors import ConfigError
@@ -19,7 +20,7 @@ from .sizes import parse_size
 WITH_ARG = {
     "machine", "M", "accel", "m", "smp", "name", "serial", "drive", "hda", "display",
     "qmp", "chardev", "mon", "monitor", "qtest", "qtest-log", "incoming", "pidfile",
-    "device", "vga", "cpu", "uuid",
+    "device", "vga", "cpu", "uuid", "object",
 }
 FLAGS = {"S", "nodefaults", "enable-kvm", "daemonize", "nographic", "no-reboot",
          "no-shutdown", "version", "help", "h"}
@@ -60,6 +61,8 @@ class SystemOptions:
     show_help: bool = False
     cpu_model: str = "qemu64"
     uuid: str | None = None
+    # -object TYPE,id=ID,...: (qom-type, properties, the option's text)
+    objects: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
 
     @property
     def accelerators(self) -> list[str]:
@@ -166,6 +169,29 @@ def _device(o: SystemOptions, text: str) -> None:
         raise ConfigError(f"-device {text}: iobase must be a port and iosize 1, 2 or 4")
 
 
+def _object(o: SystemOptions, text: str) -> None:
+    """-object TYPE,id=ID,prop=value,...; dotted keys build lists of objects
+    (authz-list's rules.0.match=..., rules.0.policy=...), as QEMU's keyval."""
+    opts = _opts(text, "qom-type", "object")
+    qom_type = opts.pop("qom-type", "")
+    if not qom_type:
+        raise ConfigError(f"-object {text}: Parameter 'qom-type' is missing")
+    props: dict[str, Any] = {}
+    for key, value in opts.items():
+        name, dot, rest = key.partition(".")
+        if not dot:
+            props[key] = value
+            continue
+        index, dot2, field_name = rest.partition(".")
+        if not (index.isdigit() and dot2 and field_name):
+            raise ConfigError(f"-object {text}: Invalid parameter '{key}'")
+        items = props.setdefault(name, [])
+        while len(items) <= int(index):
+            items.append({})
+        items[int(index)][field_name] = value
+    o.objects.append((qom_type, props, text))
+
+
 def _mon(o: SystemOptions, text: str) -> None:
     opts = _opts(text, "chardev", "mon")
     _reject_unknown(opts, {"chardev", "mode", "pretty", "id"}, "mon")
@@ -252,6 +278,8 @@ def _with_arg(o: SystemOptions, name: str, value: str) -> None:
         o.pidfile = value
     elif name == "device":
         _device(o, value)
+    elif name == "object":
+        _object(o, value)
     elif name == "cpu":
         model = value.split(",")[0]
         if model not in CPU_MODELS:

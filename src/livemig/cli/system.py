@@ -22,6 +22,7 @@ from .. import chardev as chardevs
 from ..errors import ConfigError, LivemigError
 from ..machine import Machine, MachineConfig
 from ..migration import MigrationManager
+from ..objects import ObjectRegistry
 from ..qmp import QmpServer
 from ..qmp.jsonstream import RECURSION_NEEDED
 from ..qtest import QtestServer
@@ -98,8 +99,17 @@ class System:
             raise ConfigError("CPU model 'host' requires KVM or HVF")  # QEMU's words
         self.qmp = QmpServer(self.machine)
         self.relay.target = self.qmp
-        self.migration = MigrationManager(self.machine, self.relay, self._incoming_failed)
+        self.objects = ObjectRegistry()
+        for qom_type, props, text in opts.objects:
+            try:
+                self.objects.add(qom_type, props)
+            except LivemigError as err:
+                self.machine.close()
+                raise ConfigError(f"-object {text}: {err}") from err
+        self.migration = MigrationManager(self.machine, self.relay, self._incoming_failed,
+                                          self.objects)
         self.qmp.migration = self.migration
+        self.qmp.objects = self.objects
         if opts.incoming is not None:
             self.migration.listen(opts.incoming, start=False)
         # Chardevs are opened now (bind/connect errors are start-up errors)

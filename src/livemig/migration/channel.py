@@ -12,11 +12,14 @@ import os
 import socket
 import subprocess
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MigrationError
 from .codec import BufferedReader
 from .uri import Uri
+
+if TYPE_CHECKING:
+    from .tls import TlsConfig, TlsSession
 
 IOV_MAX = 1024
 BACKLOG = 256  # a main channel and up to 255 multifd channels may queue at once
@@ -66,8 +69,9 @@ class Channel:
 
     def __init__(self, sock: socket.socket | None = None, rfd: int | None = None,
                  wfd: int | None = None, process: subprocess.Popen[bytes] | None = None,
-                 label: str = "", tcp: bool = False) -> None:
+                 label: str = "", tcp: bool = False, tls: TlsSession | None = None) -> None:
         self.sock = sock
+        self.tls = tls  # every byte goes through it once the handshake is done
         if sock is not None:
             _enlarge_buffers(sock)
         self._rfd, self._wfd = rfd, wfd
@@ -78,6 +82,8 @@ class Channel:
 
     def send(self, buffers: Sequence[bytes | memoryview]) -> int:
         """Write every buffer, in order; gathered into few system calls."""
+        if self.tls is not None:
+            return self.tls.send(buffers)
         total = 0
         pending = [memoryview(b).cast("B") for b in buffers if len(b)]
         first = 0  # pending[:first] has gone out
@@ -102,6 +108,8 @@ class Channel:
 
     def recv_some(self, view: memoryview) -> int:
         """Read what is there into ``view`` (at least one byte; 0 at EOF)."""
+        if self.tls is not None:
+            return self.tls.recv_into(view)
         if self.sock is not None:
             return self.sock.recv_into(view)
         assert self._rfd is not None
@@ -143,7 +151,14 @@ class Channel:
         """
         if self.sock is not None:
             try:
-                self.sock.shutdown(socket.SHUT_RDWR)
+                if self.tls is not None:
+                    # Shut the socket down under the TLS session through a
+                    # duplicate descriptor: ssl.SSLSocket.shutdown would also
+                    # drop the session a reader or writer thread is inside.
+                    with socket.socket(fileno=os.dup(self.sock.fileno())) as twin:
+                        twin.shutdown(socket.SHUT_RDWR)
+                else:
+                    self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
         if self._process is not None:
@@ -175,10 +190,25 @@ def _tcp_host(host: str) -> str | None:
     return None if host in ("", "0") else host
 
 
-def connect(uri: Uri, fd: int | None = None, postcopy: bool = False) -> Channel:
+def connect(uri: Uri, fd: int | None = None, postcopy: bool = False,
+            tls: TlsConfig | None = None) -> Channel:
     """The source side: open a channel to ``uri`` (``fd``: the descriptor an
     ``fd:`` URI named, already taken from getfd). ``postcopy``: the channel
-    recovers a paused postcopy (TCP's short dead-peer timeout at once)."""
+    recovers a paused postcopy (TCP's short dead-peer timeout at once).
+    ``tls``: the handshake is made before the channel is returned."""
+    channel = _connect(uri, fd, postcopy)
+    if tls is None:
+        return channel
+    from .tls import connect_tls
+
+    if channel.sock is None:
+        channel.close()
+        raise MigrationError("TLS needs a socket channel (unix:, tcp: or fd: of a socket)")
+    sock, session = connect_tls(channel.sock, tls, uri.host if uri.scheme == "tcp" else None)
+    return Channel(sock, label=channel.label, tcp=channel.tcp, tls=session)
+
+
+def _connect(uri: Uri, fd: int | None, postcopy: bool) -> Channel:
     label = f"{uri.scheme}:{uri.target}"
     if uri.scheme == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -285,9 +315,23 @@ class Listener:
         """A listening socket takes more connections (multifd); fd: and exec: don't."""
         return self._sock is not None
 
-    def accept(self, postcopy: bool = False, timeout: float | None = None) -> Channel:
+    def accept(self, postcopy: bool = False, timeout: float | None = None,
+               tls: TlsConfig | None = None) -> Channel:
         """Wait for the source (``timeout``: at most so long). ``postcopy``: a
-        recovery channel."""
+        recovery channel. ``tls``: the handshake (and tls-authz) is made
+        before the channel is returned; a failure raises TlsError."""
+        channel = self._accept(postcopy, timeout)
+        if tls is None:
+            return channel
+        from .tls import accept_tls
+
+        if channel.sock is None:
+            channel.close()
+            raise MigrationError("TLS needs a socket channel (unix:, tcp: or fd: of a socket)")
+        sock, session = accept_tls(channel.sock, tls)
+        return Channel(sock, label=channel.label, tcp=channel.tcp, tls=session)
+
+    def _accept(self, postcopy: bool, timeout: float | None) -> Channel:
         uri = self.uri
         label = f"{uri.scheme}:{uri.target}"
         if self._sock is not None:

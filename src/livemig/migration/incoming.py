@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import LivemigError, MigrationError, MigrationReceiveError
 from ..machine import Machine, RunState
 from ..memory import PAGE_SIZE
+from ..objects import ObjectRegistry
 from ..uffd import probe_missing
 from . import faults, jobthread, state
 from .channel import Channel, Listener, TakeFd
@@ -51,6 +52,7 @@ from .phases import AFTER_SWITCHOVER, Phase, advance
 from .return_path import ReturnPath
 from .stats import JobTimes, RamStats
 from .status import DESTINATION_TRANSITIONS, IllegalTransition, Status, StatusMachine
+from .tls import TlsConfig, TlsError
 from .uri import Uri
 
 if TYPE_CHECKING:
@@ -77,8 +79,11 @@ def describe_break(err: BaseException) -> str:
 class IncomingMigration:
     def __init__(self, machine: Machine, settings: Settings, uri: Uri,
                  emit: Callable[[str, dict[str, Any] | None], None],
-                 on_failure: Callable[[str], None], take_fd: TakeFd) -> None:
+                 on_failure: Callable[[str], None], take_fd: TakeFd,
+                 objects: ObjectRegistry | None = None) -> None:
         self.machine = machine
+        self._objects = objects if objects is not None else ObjectRegistry()
+        self._tls: TlsConfig | None = None
         self.settings = settings
         self._emit = emit
         self._on_failure = on_failure
@@ -101,6 +106,7 @@ class IncomingMigration:
         self._earlier_bytes = 0  # received on channels before the current one (recovery)
         self._service_failure: str | None = None  # why the fault service died, if it did
         self._multifd: MultifdReceiver | None = None
+        self.tls_refusals: list[str] = []  # TLS handshakes refused while waiting
         self._stats_lock = threading.Lock()  # multifd threads count pages too
 
     def _announce(self, status: Status) -> None:
@@ -140,7 +146,8 @@ class IncomingMigration:
 
     def _run(self) -> None:
         try:
-            channel = self.listener.accept()
+            self._tls = TlsConfig.from_params(self.settings.params, self._objects, "server")
+            channel = self._accept_main()
             self._channel = channel
             self.times = JobTimes()
             self._must(self.status.transition(S.NONE, S.SETUP))
@@ -198,6 +205,19 @@ class IncomingMigration:
         elif channel is not None:
             channel.close()
 
+    def _accept_main(self) -> Channel:
+        """The source's main channel. A connection whose TLS handshake (or
+        tls-authz check) fails is refused and logged, and the destination
+        waits on for a good one: a stray or hostile client cannot end it."""
+        while True:
+            try:
+                return self.listener.accept(tls=self._tls)
+            except TlsError as err:
+                self.tls_refusals.append(str(err))
+                log.error("incoming migration connection refused: %s", err)
+                if not self.listener.can_accept_more:
+                    raise
+
     def _close_multifd(self) -> None:
         multifd, self._multifd = self._multifd, None
         if multifd is not None:
@@ -234,7 +254,7 @@ class IncomingMigration:
                                    self.stats, self._stats_lock, self._multifd_failed)
         self._multifd = receiver
         for _ in range(count):
-            channel = self.listener.accept(timeout=MULTIFD_ACCEPT_S)
+            channel = self.listener.accept(timeout=MULTIFD_ACCEPT_S, tls=self._tls)
             try:
                 hello = read_hello(channel.reader)
                 if hello.count != count:
@@ -446,7 +466,7 @@ class IncomingMigration:
                 self._cond.wait()
             listener = self._recover_listener
         try:
-            channel = listener.accept(postcopy=True)
+            channel = listener.accept(postcopy=True, tls=self._tls)
         finally:
             listener.close()
             with self._cond:

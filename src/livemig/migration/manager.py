@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MigrationError
 from ..machine import Machine, RunState
+from ..objects import ObjectRegistry
 from ..uffd import probe_missing
 from .params import Settings
 from .status import Status
@@ -34,8 +35,10 @@ S = Status
 
 class MigrationManager:
     def __init__(self, machine: Machine, emit: EventSink,
-                 on_incoming_failure: Callable[[str], None]) -> None:
+                 on_incoming_failure: Callable[[str], None],
+                 objects: ObjectRegistry | None = None) -> None:
         self.machine = machine
+        self.objects = objects if objects is not None else ObjectRegistry()
         self.settings = Settings()
         self._emit = emit
         self._on_incoming_failure = on_incoming_failure
@@ -66,7 +69,8 @@ class MigrationManager:
         from .incoming import IncomingMigration
 
         self.incoming = IncomingMigration(self.machine, self.settings, parse_uri(uri),
-                                          self._emit, self._on_incoming_failure, self.take_fd)
+                                          self._emit, self._on_incoming_failure, self.take_fd,
+                                          self.objects)
         if start:
             self.incoming.start()
 
@@ -98,9 +102,11 @@ class MigrationManager:
             raise MigrationError("Guest is waiting for an incoming migration")
         self._refuse_if_busy()
         from .outgoing import OutgoingMigration
+        from .tls import TlsConfig
 
         try:
             target, fd = self._target(uri)
+            tls = TlsConfig.from_params(self.settings.params, self.objects, "client")
         except MigrationError as err:
             job = OutgoingMigration(self.machine, self.settings, None, None, self._emit,
                                     self.take_fd)
@@ -108,7 +114,7 @@ class MigrationManager:
             job.refuse(str(err))  # query-migrate then says failed, as QEMU's does
             raise
         self.outgoing = OutgoingMigration(self.machine, self.settings, target, fd, self._emit,
-                                          self.take_fd)
+                                          self.take_fd, tls)
         self.outgoing.start()
 
     def cancel(self) -> None:

@@ -42,6 +42,7 @@ from .params import Settings
 from .postcopy_source import Done, Outcome, Paused, PostcopySource, describe
 from .stats import JobTimes, RamStats, RateLimiter
 from .status import SOURCE_TRANSITIONS, IllegalTransition, Status, StatusMachine
+from .tls import TlsConfig
 from .uri import Uri
 from .xbzrle import XbzrleEncoder
 
@@ -75,13 +76,15 @@ def describe_failure(err: BaseException, channel: Channel | None) -> str:
 
 class OutgoingMigration:
     def __init__(self, machine: Machine, settings: Settings, uri: Uri | None, fd: int | None,
-                 emit: EventSink, take_fd: Callable[[str], int]) -> None:
+                 emit: EventSink, take_fd: Callable[[str], int],
+                 tls: TlsConfig | None = None) -> None:
         self.machine = machine
         self.settings = settings
         self.uri = uri
         self._fd = fd
         self._emit = emit
         self._take_fd = take_fd
+        self.tls = tls
         self.status = StatusMachine("source", SOURCE_TRANSITIONS, self._announce)
         self.error: str | None = None
         self.stats = RamStats(total=machine.ram.size)
@@ -172,7 +175,7 @@ class OutgoingMigration:
         tracker: DirtyTracker | None = None
         assert self.uri is not None  # a job without one was refused, never started
         try:
-            self._channel = connect(self.uri, self._fd)
+            self._channel = connect(self.uri, self._fd, tls=self.tls)
             self._check_cancel()
             postcopy = self.settings.caps["postcopy-ram"]
             if postcopy and self._channel.sock is None:
@@ -265,7 +268,7 @@ class OutgoingMigration:
         try:
             for index in range(streams.channels):
                 self._check_cancel()
-                channel = connect(self.uri)
+                channel = connect(self.uri, tls=self.tls)
                 channels.append(channel)
                 channel.send([ChannelHello(index, streams.channels).encode()])
         except BaseException:
@@ -485,7 +488,7 @@ class OutgoingMigration:
             uri, fd = self._wait_for_resume()
             self._must(self.status.transition(S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER))
             try:
-                channel = connect(uri, fd, postcopy=True)
+                channel = connect(uri, fd, postcopy=True, tls=self.tls)
             except (LivemigError, OSError) as err:
                 outcome = Paused(describe(err))
                 continue

@@ -13,6 +13,7 @@ from typing import Protocol
 from ..chardev import Stream
 from ..machine import Machine
 from ..migration import MigrationManager
+from ..objects import ObjectRegistry
 
 
 class Session(Protocol):
@@ -26,3 +27,4 @@ class QmpContext:
     machine: Machine
     session: Session
     migration: MigrationManager | None = None
+    objects: ObjectRegistry | None = None

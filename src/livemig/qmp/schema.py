@@ -73,7 +73,10 @@ def check_arguments(schema: Schema, args: dict[str, Any]) -> dict[str, Any]:
     """Validate ``args`` against ``schema``; return them with Python names."""
     out: dict[str, Any] = {}
     known: dict[str, tuple[Any, bool]] = {}
+    open_ended = "**" in schema  # any further argument is passed on as it came
     for key, typ in schema.items():
+        if key == "**":
+            continue
         optional = key.startswith("*")
         known[key.lstrip("*")] = (typ, optional)
     for name, (typ, optional) in known.items():
@@ -84,5 +87,7 @@ def check_arguments(schema: Schema, args: dict[str, Any]) -> dict[str, Any]:
         out[name] = _check(name, typ, args[name])
     for name in args:
         if name not in known:
-            raise QmpError(f"Parameter '{name}' is unexpected")
+            if not open_ended:
+                raise QmpError(f"Parameter '{name}' is unexpected")
+            out[name] = args[name]
     return out

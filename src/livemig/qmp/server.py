@@ -24,6 +24,7 @@ from ..chardev import Stream
 from ..errors import LivemigError, QmpError
 from ..machine import Machine
 from ..migration import MigrationManager
+from ..objects import ObjectRegistry
 from .context import QmpContext
 from .jsonstream import JsonSplitter, ParseError
 from .registry import COMMANDS, call
@@ -174,6 +175,7 @@ class QmpServer:
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.migration: MigrationManager | None = None
+        self.objects: ObjectRegistry | None = None
         self.dispatch_lock = threading.RLock()
         self._sessions: list[QmpSession] = []
         self._lock = threading.Lock()
@@ -206,7 +208,7 @@ class QmpServer:
         if cmd is None:
             raise QmpError(f"The command {name} has not been found", "CommandNotFound")
         checked = check_arguments(cmd.schema, args)
-        ctx = QmpContext(self.machine, session, self.migration)
+        ctx = QmpContext(self.machine, session, self.migration, self.objects)
         return call(cmd, ctx, checked)
 
     def flush(self, timeout: float = 1.0) -> None:
