@@ -17,8 +17,8 @@ every page of pass n. The machine state follows the last barrier, so it is
 applied only once every page is in. After switchover to postcopy the
 channels end and pages travel on the main channel (as in QEMU 7.2).
 
-Failures. A channel thread that fails records why, aborts every channel and
-the main one, and then only drains its queue; the job thread sees the
+Failures. A channel thread that fails records why, aborts every channel,
+and then only drains its queue; the job thread sees the
 failure at its next submit or barrier. Nothing here changes a status: the
 job owns its status machine.
 """
@@ -48,13 +48,12 @@ from .codec import (
     read_record,
 )
 from .compression import compressor, decompressor
-from .pages import runs
+from .pages import ChunkRecords
 from .phases import CHANNEL_ACCEPTS, Phase, advance
 from .stats import RamStats, RateLimiter
 
 log = logging.getLogger(__name__)
 
-_WORDS = PAGE_SIZE // 8
 _POLL_S = 0.1  # how often a blocked submit looks for a failed channel
 END_WAIT_S = 30.0  # how long the destination waits for a channel's end after the main one
 
@@ -83,15 +82,13 @@ class MultifdSender:
     """The source's channels and their threads."""
 
     def __init__(self, channels: Sequence[Channel], ram: GuestRam, settings: StreamSettings,
-                 limiter: RateLimiter, stats: RamStats, stats_lock: threading.Lock,
-                 on_failure: Callable[[], None]) -> None:
+                 limiter: RateLimiter, stats: RamStats, stats_lock: threading.Lock) -> None:
         self.channels = list(channels)
         self._ram = ram
         self._settings = settings
         self._limiter = limiter
         self._stats = stats
         self._lock = stats_lock
-        self._on_failure = on_failure
         self._work: queue.Queue[tuple[int, np.ndarray, bool] | None] = queue.Queue(
             maxsize=2 * len(self.channels))
         self.failure: str | None = None
@@ -167,7 +164,6 @@ class MultifdSender:
                 self.failure = reason
         self._failed.set()
         self.abort()
-        self._on_failure()
 
     def _crashed(self, err: BaseException) -> None:
         self._fail(jobthread.describe_crash(err))
@@ -195,29 +191,13 @@ class MultifdSender:
 
     def _send_chunk(self, channel: Channel, first: int, mask: np.ndarray, live: bool,
                     compress: Callable[[memoryview], bytes] | None) -> None:
-        ram = self._ram
-        words = ram.array[first * PAGE_SIZE:(first + len(mask)) * PAGE_SIZE]
-        nonzero = words.view(np.uint64).reshape(len(mask), _WORDS).any(axis=1)
-        zero, normal = mask & ~nonzero, mask & nonzero
-        buffers: list[bytes | memoryview] = []
-        for start, count in zip(*runs(zero), strict=True):
-            buffers.append(ZeroRun(first + int(start), int(count)).encode())
-        for start, count in zip(*runs(normal), strict=True):
-            page = first + int(start)
-            contents = ram.view[page * PAGE_SIZE:(page + int(count)) * PAGE_SIZE]
-            if compress is None:
-                buffers += [PageRun(page, int(count)).encode(), contents]
-            else:
-                packed = compress(contents)
-                buffers += [CompressedRun(page, int(count), len(packed)).encode(), packed]
-        nbytes = sum(len(b) for b in buffers)
+        records = ChunkRecords(self._ram, first, mask, compress=compress)
         if live:
-            self._limiter.wait(nbytes)
-        sent = channel.send(buffers)
+            self._limiter.wait(records.nbytes)
+        sent = channel.send(records.buffers)
         with self._lock:
-            stats = self._stats
-            stats.duplicate += int(zero.sum())
-            stats.normal += int(normal.sum())
+            self._stats.duplicate += records.zero
+            self._stats.normal += records.normal
         self._account(sent, live)
 
     def _account(self, sent: int, live: bool | None) -> None:

@@ -276,7 +276,7 @@ class OutgoingMigration:
                 channel.close()
             raise
         self._multifd = MultifdSender(channels, self.machine.ram, streams, self.limiter,
-                                      self.stats, self._stats_lock, lambda: None)
+                                      self.stats, self._stats_lock)
 
     def _barrier(self, kind: str, last: bool = False) -> None:
         """With multifd: every page queued so far lands before anything after

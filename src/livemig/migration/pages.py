@@ -7,10 +7,12 @@ per page.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..memory import PAGE_SIZE, GuestRam
-from .codec import PageRun, ZeroRun
+from .codec import CompressedRun, PageRun, ZeroRun
 
 CHUNK_PAGES = 1024  # 4 MiB: the unit of rate limiting and cancellation checks
 DOWNTIME_CHUNK_PAGES = 16384  # 64 MiB: while the guest is stopped, fewer, larger sends
@@ -25,12 +27,15 @@ def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ChunkRecords:
-    """The records for one chunk of a dirty mask: buffers to gather-send."""
+    """The records for one chunk of a dirty mask: buffers to gather-send.
+    ``compress``: each run of non-zero pages goes as one compressed run
+    (multifd-compression) instead of as it is."""
 
     __slots__ = ("buffers", "nbytes", "normal", "zero")
 
     def __init__(self, ram: GuestRam, first: int, dirty: np.ndarray,
-                 detect_zero: bool = True) -> None:
+                 detect_zero: bool = True,
+                 compress: Callable[[memoryview], bytes] | None = None) -> None:
         if detect_zero:
             words = ram.array[first * PAGE_SIZE:(first + len(dirty)) * PAGE_SIZE]
             nonzero = words.view(np.uint64).reshape(len(dirty), _WORDS).any(axis=1)
@@ -43,8 +48,12 @@ class ChunkRecords:
             self.buffers.append(ZeroRun(first + int(start), int(count)).encode())
         for start, count in zip(*runs(normal), strict=True):
             page = first + int(start)
-            self.buffers.append(PageRun(page, int(count)).encode())
-            self.buffers.append(ram.view[page * PAGE_SIZE:(page + int(count)) * PAGE_SIZE])
+            contents = ram.view[page * PAGE_SIZE:(page + int(count)) * PAGE_SIZE]
+            if compress is None:
+                self.buffers += [PageRun(page, int(count)).encode(), contents]
+            else:
+                packed = compress(contents)
+                self.buffers += [CompressedRun(page, int(count), len(packed)).encode(), packed]
         self.zero = int(zero.sum())
         self.normal = int(normal.sum())
         self.nbytes = sum(len(b) for b in self.buffers)
