@@ -2,10 +2,11 @@
 and object-add, tls-hostname, tls-authz; every channel encrypted; each
 refusal case refused with the source guest running on.
 
-The refusals run on livemig and QEMU with the same files. The migrations
-that must complete run on livemig only for now: QEMU 7.2's TLS migrations
-of the running built-in guest did not complete within these tests' limits
-here (120 s) and are not yet understood; see the issue's note."""
+Every case runs on livemig and QEMU with the same files. The migrations
+that must complete allow a downtime of TLS_DOWNTIME_MS: QEMU 7.2 moves
+about 200 MB/s through TLS here, less than the built-in guest dirties under
+tcg, so at the default 300 ms it never converges (measured: 125 passes in
+25 s, expected downtime ~500 ms throughout)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from migration_helpers import migrate, migration_status, wait_for_status
+from migration_helpers import migrate, migrate_end, migration_status, wait_for_status
 from postcopy_helpers import set_capability
 from stream_scenarios import incoming_uri, migrate_and_check
-from tls_helpers import Ca, client_dn, psk_dir, x509_dirs
 
 from livemig.lab import LabError, Vm, VmLauncher, VmmKind, wait_until
+from livemig.lab.certs import Ca, client_dn, psk_dir, x509_dirs
+from livemig.lab.link import Link
+
+TLS_DOWNTIME_MS = 2000
 
 
 def _creds(kind: str, endpoint: str, directory: Path, **extra: Any) -> str:
@@ -37,6 +41,7 @@ def _tls_pair(lab: VmLauncher, kind: VmmKind, src_obj: str, dst_obj: str,
         for cap in caps or []:
             set_capability(vm, cap)
         vm.cmd("migrate-set-parameters", **{"tls-creds": "tls0", **(params or {})})
+    src.cmd("migrate-set-parameters", **{"downtime-limit": TLS_DOWNTIME_MS})
     return src, dst
 
 
@@ -50,8 +55,8 @@ def _expect_refused(src: Vm, dst: Vm, uri: str) -> str:
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
-def test_tls_x509_precopy(livemig_tcg: VmmKind, lab: VmLauncher, transport: str) -> None:
-    kind = livemig_tcg
+def test_tls_x509_precopy(vmm_any_accel: VmmKind, lab: VmLauncher, transport: str) -> None:
+    kind = vmm_any_accel
     server, client = x509_dirs(lab.workdir / "pki")
     src, dst = _tls_pair(lab, kind, _creds("tls-creds-x509", "client", client),
                          _creds("tls-creds-x509", "server", server),
@@ -59,8 +64,8 @@ def test_tls_x509_precopy(livemig_tcg: VmmKind, lab: VmLauncher, transport: str)
     migrate_and_check(src, dst, incoming_uri(lab, dst, transport), kind)
 
 
-def test_tls_x509_multifd(livemig_tcg: VmmKind, lab: VmLauncher) -> None:
-    kind = livemig_tcg
+def test_tls_x509_multifd(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    kind = vmm_any_accel
     server, client = x509_dirs(lab.workdir / "pki")
     src, dst = _tls_pair(lab, kind, _creds("tls-creds-x509", "client", client),
                          _creds("tls-creds-x509", "server", server), caps=["multifd"],
@@ -68,8 +73,8 @@ def test_tls_x509_multifd(livemig_tcg: VmmKind, lab: VmLauncher) -> None:
     migrate_and_check(src, dst, incoming_uri(lab, dst, "tcp"), kind)
 
 
-def test_tls_psk_precopy_and_multifd(livemig_tcg: VmmKind, lab: VmLauncher) -> None:
-    kind = livemig_tcg
+def test_tls_psk_precopy_and_multifd(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    kind = vmm_any_accel
     key = "a1" * 32
     src, dst = _tls_pair(lab, kind,
                          _creds("tls-creds-psk", "client", psk_dir(lab.workdir, "c", key)),
@@ -79,9 +84,9 @@ def test_tls_psk_precopy_and_multifd(livemig_tcg: VmmKind, lab: VmLauncher) -> N
     migrate_and_check(src, dst, incoming_uri(lab, dst, "tcp"), kind)
 
 
-def test_tls_objects_by_qmp(livemig_tcg: VmmKind, lab: VmLauncher) -> None:
+def test_tls_objects_by_qmp(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
     """object-add / object-del make the same credentials as -object."""
-    kind = livemig_tcg
+    kind = vmm_any_accel
     server, client = x509_dirs(lab.workdir / "pki")
     src = lab.start(kind, "src")
     dst = lab.start(kind, "dst", extra=["-incoming", "defer"])
@@ -91,7 +96,8 @@ def test_tls_objects_by_qmp(livemig_tcg: VmmKind, lab: VmLauncher) -> None:
                              "endpoint": "server", "dir": str(server)})
     dst.cmd("object-add", **{"qom-type": "authz-simple", "id": "auth0",
                              "identity": client_dn()})
-    src.cmd("migrate-set-parameters", **{"tls-creds": "tls0", "tls-hostname": "localhost"})
+    src.cmd("migrate-set-parameters", **{"tls-creds": "tls0", "tls-hostname": "localhost",
+                                         "downtime-limit": TLS_DOWNTIME_MS})
     dst.cmd("migrate-set-parameters", **{"tls-creds": "tls0", "tls-authz": "auth0"})
     with pytest.raises(LabError, match="object 'nosuch' not found"):
         src.cmd("object-del", id="nosuch")
@@ -145,9 +151,9 @@ def test_tls_refusals(vmm_any_accel: VmmKind, lab: VmLauncher, case: str) -> Non
         assert error, "the source says why"
 
 
-def test_tls_no_client_certificate_without_verify_peer(livemig_tcg: VmmKind,
+def test_tls_no_client_certificate_without_verify_peer(vmm_any_accel: VmmKind,
                                                       lab: VmLauncher) -> None:
-    kind = livemig_tcg
+    kind = vmm_any_accel
     server, client = x509_dirs(lab.workdir / "pki", with_client_cert=False)
     src, dst = _tls_pair(lab, kind, _creds("tls-creds-x509", "client", client),
                          _creds("tls-creds-x509", "server", server, verify_peer="off"),
@@ -155,10 +161,10 @@ def test_tls_no_client_certificate_without_verify_peer(livemig_tcg: VmmKind,
     migrate_and_check(src, dst, incoming_uri(lab, dst, "unix"), kind)
 
 
-def test_tls_hostname_overrides_the_uri(livemig_tcg: VmmKind, lab: VmLauncher) -> None:
+def test_tls_hostname_overrides_the_uri(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
     """The certificate names only migration.example: tcp to 127.0.0.1 works
     with tls-hostname set to that name."""
-    kind = livemig_tcg
+    kind = vmm_any_accel
     server, client = x509_dirs(lab.workdir / "pki", server_hosts=["migration.example"])
     src, dst = _tls_pair(lab, kind, _creds("tls-creds-x509", "client", client),
                          _creds("tls-creds-x509", "server", server))
@@ -186,30 +192,37 @@ def test_livemig_destination_survives_a_bad_handshake(livemig_tcg: VmmKind,
     migrate_and_check(src, dst, uri, kind)
 
 
-@pytest.mark.xfail(strict=False, reason="known defect: on about 1 run in 3, migrate-pause on a "
-                   "TLS source does not reach postcopy-paused within 60 s (open in issue 9)")
-def test_tls_postcopy_with_recovery(livemig_tcg: VmmKind, lab: VmLauncher) -> None:
-    """Postcopy over TLS, paused and recovered over a new TLS channel."""
-    kind = livemig_tcg
+def test_tls_postcopy_with_recovery(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    """Postcopy over TLS, paused and recovered over a new TLS channel.
+
+    The first channel runs through a 20 MB/s link, so the postcopy phase
+    takes seconds and migrate-pause lands in it (livemig serves a fault with
+    a run of pages and, unslowed, finishes this guest in under a second).
+    The recovery channel is direct. (livemig still sends a whole first pass
+    before it switches, 5 s at this rate; that is issue 11's.)"""
+    kind = vmm_any_accel
     server, client = x509_dirs(lab.workdir / "pki")
     src, dst = _tls_pair(lab, kind, _creds("tls-creds-x509", "client", client),
                          _creds("tls-creds-x509", "server", server), caps=["postcopy-ram"],
-                         src_params={"tls-hostname": "localhost", "max-bandwidth": 4_000_000,
-                                     "max-postcopy-bandwidth": 4_000_000})
-    uri = incoming_uri(lab, dst, "unix")
-    src.wait_serial(b"B", timeout=60)
-    migrate(src, uri)
-    src.cmd("migrate-start-postcopy")
-    wait_for_status(src, "postcopy-active", timeout=120)
-    src.cmd("migrate-pause")
-    wait_until(lambda: migration_status(src) == "postcopy-paused", 60, "the source to pause")
-    wait_until(lambda: migration_status(dst) == "postcopy-paused", 60, "the dest to pause")
-    uri2 = f"unix:{lab.workdir / 'recover.sock'}"
-    dst.cmd("migrate-recover", uri=uri2)
-    wait_until((lab.workdir / "recover.sock").exists, 30, "the recovery socket")
-    src.cmd("migrate-set-parameters", **{"max-postcopy-bandwidth": 0})
-    migrate(src, uri2, resume=True)
-    wait_for_status(src, "completed", timeout=120)
-    wait_for_status(dst, "completed", timeout=120)
-    from migration_helpers import migrate_end
-    migrate_end(src, dst, True, kind)
+                         src_params={"tls-hostname": "localhost"})
+    uri = incoming_uri(lab, dst, "tcp")
+    link = Link(int(uri.rsplit(":", 1)[1]), rate=20_000_000)
+    try:
+        src.wait_serial(b"B", timeout=60)
+        migrate(src, link.uri)
+        src.cmd("migrate-start-postcopy")
+        wait_for_status(src, "postcopy-active", timeout=120)
+        wait_for_status(dst, "postcopy-active", timeout=120)
+        src.cmd("migrate-pause")
+        wait_until(lambda: migration_status(src) == "postcopy-paused", 60, "the source to pause")
+        wait_until(lambda: migration_status(dst) == "postcopy-paused", 60, "the dest to pause")
+        assert dst.status() == "running"
+        dst.cmd("migrate-recover", uri="tcp:127.0.0.1:0")
+        address = wait_until(lambda: dst.cmd("query-migrate").get("socket-address"), 30,
+                             "the recovery port")
+        migrate(src, f"tcp:127.0.0.1:{address[-1]['port']}", resume=True)
+        wait_for_status(src, "completed", timeout=120)
+        wait_for_status(dst, "completed", timeout=120)
+        migrate_end(src, dst, True, kind)
+    finally:
+        link.close()

@@ -300,9 +300,14 @@ class Listener:
                 self._sock.close()
             raise MigrationError(f"Failed to listen on '{uri.address}': "
                                  f"{err.strerror or err}") from err
+        self._address = self._where()
 
     def socket_address(self) -> list[dict[str, Any]]:
-        """What query-migrate reports as ``socket-address``."""
+        """What query-migrate reports as ``socket-address``: where this
+        listener listens (or listened: kept after it closes, as QEMU does)."""
+        return list(self._address)
+
+    def _where(self) -> list[dict[str, Any]]:
         if self._sock is None:
             return []
         if self.uri.scheme == "unix":

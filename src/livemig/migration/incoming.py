@@ -101,6 +101,7 @@ class IncomingMigration:
         self.postcopy: PostcopyDestination | None = None
         self._cond = threading.Condition()
         self._recover_listener: Listener | None = None
+        self._recovery_addresses: list[dict[str, Any]] = []
         self._take_fd = take_fd
         self._thread: threading.Thread | None = None
         self._earlier_bytes = 0  # received on channels before the current one (recovery)
@@ -136,6 +137,7 @@ class IncomingMigration:
             if self._recover_listener is not None:
                 raise MigrationError("Migrate recovery is triggered already")
             self._recover_listener = Listener(uri, self._take_fd)
+            self._recovery_addresses += self._recover_listener.socket_address()
             self._cond.notify_all()
 
     # --- the job ---------------------------------------------------------------------
@@ -493,11 +495,10 @@ class IncomingMigration:
     def info(self) -> dict[str, Any]:
         status = self.status.status
         info: dict[str, Any] = {"status": status.value}
+        # As QEMU: every address listened on, the recovery listener's last.
+        info["socket-address"] = [*self.listener.socket_address(), *self._recovery_addresses]
         if status == S.NONE:
-            info["socket-address"] = self.listener.socket_address()
             return info
-        if status in (S.SETUP, S.ACTIVE):
-            info["socket-address"] = self.listener.socket_address()
         info["total-time"] = self.times.total_ms()
         if self.error is not None and status in (S.FAILED, S.POSTCOPY_PAUSED):
             info["error-desc"] = self.error

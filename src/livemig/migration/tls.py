@@ -185,7 +185,11 @@ class TlsConfig:
         der = tls.getpeercert(binary_form=True)
         if der:
             from cryptography import x509
-            identity = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+            # QEMU (GnuTLS) names the subject in certificate order, C=…,O=…,CN=…;
+            # RFC 4514's string is the reverse. tls-authz identities are
+            # written the way QEMU prints them, so match QEMU.
+            subject = x509.load_der_x509_certificate(der).subject
+            identity = ",".join(rdn.rfc4514_string() for rdn in subject.rdns)
         return tls, TlsSession(tls, identity, pyopenssl=False)
 
     def _psk(self, sock: socket.socket, server: bool) -> TlsSession:

@@ -1,4 +1,4 @@
-"""Certificates and PSK files made by the tests themselves (the
+"""Test certificates and PSK files, made by the lab itself (the
 ``cryptography`` package), in QEMU's file names, for livemig and QEMU alike."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def x509_dirs(root: Path, server_hosts: list[str] | None = None,
 
 def client_dn(common: str = "livemig-client") -> str:
     """The client certificate's subject as both QEMU and livemig print it."""
-    return f"CN={common},O=livemig tests,C=GB"
+    return f"C=GB,O=livemig tests,CN={common}"
 
 
 def psk_dir(root: Path, name: str, key_hex: str, username: str = "qemu") -> Path:
