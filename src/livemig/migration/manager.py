@@ -13,6 +13,7 @@ not when livemig starts: a VM that never migrates never loads them.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +102,8 @@ class MigrationManager:
         if self.machine.runstate == RunState.INMIGRATE:
             raise MigrationError("Guest is waiting for an incoming migration")
         self._refuse_if_busy()
-        from .outgoing import OutgoingMigration
+        asked = time.monotonic()  # total-time counts from here, as QEMU's does,
+        from .outgoing import OutgoingMigration  # so the first migrate's imports count
         from .tls import TlsConfig
 
         try:
@@ -115,6 +117,7 @@ class MigrationManager:
             raise
         self.outgoing = OutgoingMigration(self.machine, self.settings, target, fd, self._emit,
                                           self.take_fd, tls)
+        self.outgoing.times.start = asked
         self.outgoing.start()
 
     def cancel(self) -> None:
@@ -199,3 +202,4 @@ class MigrationManager:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+
