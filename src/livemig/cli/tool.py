@@ -9,8 +9,26 @@ from ..guest import GUESTS, write_image
 
 
 def _cmd_guest(args: argparse.Namespace) -> int:
-    path = write_image(args.output, args.name)
-    print(f"wrote {args.name} guest ({path.stat().st_size} bytes) to {path}")
+    if args.name != "dirty":
+        path = write_image(args.output, args.name)
+        print(f"wrote {args.name} guest ({path.stat().st_size} bytes) to {path}")
+        return 0
+    from pathlib import Path
+
+    from ..guest.dirty import DirtyParams, image
+
+    try:
+        rate = None if args.rate == "max" else float(args.rate)
+        params = DirtyParams(wss_mib=args.wss, rate=rate, pattern=args.pattern,
+                             hot_fraction=args.hot_fraction, write_bytes=args.write)
+        data = image(params)
+    except ValueError as err:
+        print(f"livemig guest dirty: {err}", file=sys.stderr)
+        return 2
+    Path(args.output).write_bytes(data)
+    print(f"wrote dirty guest to {args.output}: {args.wss} MiB {args.pattern}, "
+          f"{args.rate} MiB/s, {args.write} byte(s) a page; run it with "
+          f"-m {-(-params.ram_needed // (1 << 20))}M or more")
     return 0
 
 
@@ -32,9 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livemig", description="livemig: live migration VMM")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    guest = sub.add_parser("guest", help="write a built-in guest image")
+    guest = sub.add_parser("guest", help="write a built-in guest image",
+                           description="Write a boot image: 'ab' (the reference test's "
+                                       "guest) or 'dirty' (a workload guest; its knobs "
+                                       "below are for 'dirty' only)")
     guest.add_argument("name", choices=sorted(GUESTS), help="which guest")
     guest.add_argument("--output", "-o", required=True, help="file to write")
+    guest.add_argument("--wss", type=int, default=64, help="working set, MiB (default 64)")
+    guest.add_argument("--rate", default="max",
+                       help="MiB of pages dirtied per second, or 'max' (default)")
+    guest.add_argument("--pattern", choices=["sequential", "random", "hotcold"],
+                       default="sequential")
+    guest.add_argument("--hot-fraction", type=float, default=0.1,
+                       help="hotcold: the hot share of the set (default 0.1; it takes "
+                            "90%% of writes)")
+    guest.add_argument("--write", type=int, default=1,
+                       help="bytes written per page: 1, or a multiple of 4 up to 4096 "
+                            "(pseudo-random, incompressible)")
     guest.set_defaults(func=_cmd_guest)
 
     demo = sub.add_parser(

@@ -1,6 +1,7 @@
 """Guest images shipped with livemig (data only; imports nothing of ours).
 
 ``ab`` is the built-in test guest: see ``ab_bootsect.S`` for what it does.
+``dirty`` is the workload guest (``dirty_bootsect.S``, knobs in ``dirty.py``).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-GUESTS = {"ab": "ab_bootsect.bin"}
+GUESTS = {"ab": "ab_bootsect.bin", "dirty": "dirty_bootsect.bin"}
 
 # The region the built-in guest walks, and how it marks progress.
 AB_START = 1 << 20

@@ -1,9 +1,10 @@
-"""Rebuild ab_bootsect.bin from ab_bootsect.S with GNU as and ld.
+"""Rebuild the shipped boot sectors (ab_bootsect.bin, dirty_bootsect.bin)
+from their sources with GNU as and ld.
 
     python -m livemig.guest.build [--check]
 
-``--check`` rebuilds into a temporary file and fails if it differs from the
-shipped image, so the binary in the tree always matches its source.
+``--check`` rebuilds into a temporary directory and fails if an image
+differs from the shipped one, so the binaries in the tree match their sources.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SOURCES = ("ab_bootsect", "dirty_bootsect")
 
 
 def build(source: Path, output: Path) -> None:
@@ -36,20 +38,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="verify, do not overwrite")
     args = parser.parse_args()
-    source, shipped = HERE / "ab_bootsect.S", HERE / "ab_bootsect.bin"
-    if args.check:
-        with tempfile.TemporaryDirectory() as tmp:
-            fresh = Path(tmp) / "ab.bin"
+    stale = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in SOURCES:
+            source, shipped = HERE / f"{name}.S", HERE / f"{name}.bin"
+            fresh = Path(tmp) / f"{name}.bin" if args.check else shipped
             build(source, fresh)
-            if fresh.read_bytes() != shipped.read_bytes():
-                print("ab_bootsect.bin is stale: rebuild it", file=sys.stderr)
-                return 1
-        print("ab_bootsect.bin matches its source")
-        return 0
-    build(source, shipped)
-    print(f"wrote {shipped}")
+            if args.check and fresh.read_bytes() != shipped.read_bytes():
+                stale.append(shipped.name)
+            elif not args.check:
+                print(f"wrote {shipped}")
+    if stale:
+        print(f"stale: {', '.join(stale)}: rebuild with python -m livemig.guest.build",
+              file=sys.stderr)
+        return 1
+    if args.check:
+        print("every shipped image matches its source")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

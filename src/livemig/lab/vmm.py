@@ -225,6 +225,19 @@ class Vm:
             pass
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when the process that started it
+    dies, so a lab killed before its cleanup leaves no VM running. (The
+    signal follows the starting thread; the lab starts VMs from the thread
+    that closes them.)"""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 class VmLauncher:
     """Starts VMs in a work directory and kills every one of them on close()."""
 
@@ -243,14 +256,15 @@ class VmLauncher:
         return path
 
     def argv(self, kind: VmmKind, name: str, ram: str = "150M", extra: list[str] | None = None,
-             boot: bool = True, qmp: bool = True) -> list[str]:
+             boot: bool = True, qmp: bool = True, image: Path | None = None) -> list[str]:
+        """The command line of a VM; ``image``: a boot image other than the built-in guest."""
         argv = [kind.binary, *kind.accel_args(), "-m", ram, "-display", "none",
                 "-nodefaults", "-name", f"{name},debug-threads=on",
                 "-serial", f"file:{self.workdir / (name + '.serial')}"]
         if qmp:
             argv += ["-qmp", f"unix:{self.workdir / (name + '.qmp')},server=on,wait=off"]
         if boot:
-            argv += ["-drive", f"file={self.boot_image()},format=raw"]
+            argv += ["-drive", f"file={image or self.boot_image()},format=raw"]
         return argv + (extra or [])
 
     def spawn(self, argv: list[str], name: str = "proc",
@@ -258,18 +272,19 @@ class VmLauncher:
         """Start any process, tracked for cleanup; stderr goes to NAME.stderr."""
         err = open(self.workdir / f"{name}.stderr", "wb")
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, env=env)
+                                stderr=err, env=env, preexec_fn=_die_with_parent)
         err.close()
         self.processes.append(proc)
         return proc
 
     def start(self, kind: VmmKind, name: str, ram: str = "150M",
               extra: list[str] | None = None, boot: bool = True, connect: bool = True,
-              env: dict[str, str] | None = None) -> Vm:
-        """Start a VM; ``env``: variables added to this process's environment."""
+              env: dict[str, str] | None = None, image: Path | None = None) -> Vm:
+        """Start a VM; ``env``: variables added to this process's environment;
+        ``image``: a boot image other than the built-in guest."""
         for suffix in (".qmp", ".serial"):
             (self.workdir / (name + suffix)).unlink(missing_ok=True)
-        proc = self.spawn(self.argv(kind, name, ram, extra, boot), name,
+        proc = self.spawn(self.argv(kind, name, ram, extra, boot, image=image), name,
                           env={**os.environ, **env} if env else None)
         vm = Vm(kind, proc, self.workdir, name, self.workdir / (name + ".qmp"),
                 self.workdir / (name + ".serial"), self.workdir / f"{name}.stderr")

@@ -26,6 +26,7 @@ from .status import Status
 from .uri import Uri, parse_uri
 
 if TYPE_CHECKING:
+    from .dirtyrate import DirtyRateMeter
     from .incoming import IncomingMigration
     from .outgoing import OutgoingMigration
 
@@ -47,6 +48,7 @@ class MigrationManager:
         self.incoming: IncomingMigration | None = None
         self.deferred = False
         self.fds: dict[str, int] = {}
+        self._dirty_rate: DirtyRateMeter | None = None  # made on first calc-dirty-rate
 
     # --- state -------------------------------------------------------------------
     @property
@@ -102,6 +104,9 @@ class MigrationManager:
         if self.machine.runstate == RunState.INMIGRATE:
             raise MigrationError("Guest is waiting for an incoming migration")
         self._refuse_if_busy()
+        if self._dirty_rate is not None and self._dirty_rate.using_tracker:
+            raise MigrationError("calc-dirty-rate in dirty-bitmap mode is using the dirty "
+                                 "tracker: migrate when it has measured")
         asked = time.monotonic()  # total-time counts from here, as QEMU's does,
         from .outgoing import OutgoingMigration  # so the first migrate's imports count
         from .tls import TlsConfig
@@ -203,3 +208,17 @@ class MigrationManager:
             os.close(fd)
         self.fds.clear()
 
+    # --- dirty rate ------------------------------------------------------------------
+    def calc_dirty_rate(self, calc_time: int, sample_pages: int | None, mode: str) -> None:
+        """calc-dirty-rate: start a measurement (see dirtyrate.py)."""
+        from .dirtyrate import DirtyRateMeter
+
+        if self._dirty_rate is None:
+            self._dirty_rate = DirtyRateMeter(self.machine)
+        self._dirty_rate.start(calc_time, sample_pages, mode, tracker_busy=self.busy)
+
+    def query_dirty_rate(self) -> dict[str, Any]:
+        if self._dirty_rate is None:
+            return {"status": "unstarted", "sample-pages": 0, "mode": "page-sampling",
+                    "start-time": 0, "calc-time": 0}
+        return self._dirty_rate.result.to_qmp()
