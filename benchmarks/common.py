@@ -87,9 +87,10 @@ def compare(runs: int, accel: str, sample: Callable[[VmmKind], Sample]
                      (lambda: sample(theirs)) if theirs is not None else None)
 
 
-def report(title: str, ours: list[dict[str, float]], theirs: list[dict[str, float]],
+def report(title: str, ours: list[dict[str, float]], theirs: list[dict[str, float]] | None,
            units: dict[str, str]) -> None:
-    """Medians of each metric and livemig/QEMU ratios."""
+    """Medians of each metric and livemig/QEMU ratios (``theirs`` None: QEMU
+    has no equivalent; empty: QEMU is not installed)."""
     table = Table(title=title)
     for column in ("metric", "livemig (median)", "QEMU (median)", "livemig / QEMU"):
         table.add_column(column, justify="right")
@@ -100,5 +101,6 @@ def report(title: str, ours: list[dict[str, float]], theirs: list[dict[str, floa
             ratio = f"{mine / other:.2f}x" if other else "n/a"
             table.add_row(metric, f"{mine:,.2f} {unit}", f"{other:,.2f} {unit}", ratio)
         else:
-            table.add_row(metric, f"{mine:,.2f} {unit}", "not installed", "")
+            table.add_row(metric, f"{mine:,.2f} {unit}",
+                          "no equivalent" if theirs is None else "not installed", "")
     console.print(table)

@@ -158,6 +158,15 @@ class Machine:
         if self.vcpu is not None and self.running:
             self.vcpu.start()
 
+    def set_cpu_throttle(self, percent: int) -> None:
+        """auto-converge: the vCPU sleeps ``percent``% of the time (0: none)."""
+        if self.vcpu is not None:
+            self.vcpu.set_throttle(percent)
+
+    @property
+    def cpu_throttle(self) -> int:
+        return self.vcpu.throttle if self.vcpu is not None else 0
+
     # --- reset and shutdown --------------------------------------------------------
     def system_reset(self, reason: str = "host-qmp-system-reset", guest: bool = False) -> None:
         with self.lock:

@@ -21,6 +21,7 @@ from ..errors import MachineError
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 10.0
+THROTTLE_TIMESLICE_S = 0.010  # a throttled vCPU's run slice, QEMU's 10 ms
 _KICK_INTERVAL = 0.005
 
 
@@ -38,6 +39,8 @@ class VcpuThread:
         self._idle = True
         self._quit = False
         self.halted = False
+        self._throttle = 0       # percent of each time slice spent asleep
+        self._ticker: threading.Thread | None = None
         self.native_id: int = 0
         self._started = threading.Event()
         self._thread = threading.Thread(
@@ -60,12 +63,51 @@ class VcpuThread:
                 self._idle = False
                 self.accel.arm()
             result = self.accel.run()
+            if isinstance(result, Kicked):
+                self._throttle_sleep()
             if isinstance(result, Halted):
                 with self._cond:
                     self.halted = True
             if not isinstance(result, Kicked | Halted):
                 log.info("vCPU %d stopped: %s", self.index, result)
             self._after_run(result)
+
+    # --- CPU throttle (auto-converge) ---------------------------------------------
+    def set_throttle(self, percent: int) -> None:
+        """Sleep ``percent``% of the time (0 ends it), as QEMU's CPU throttle:
+        a ticker kicks the vCPU out every time slice, and the vCPU then sleeps
+        percent / (100 - percent) of a slice before it runs on."""
+        with self._cond:
+            self._throttle = max(0, min(99, percent))
+            self._cond.notify_all()
+            start = self._throttle > 0 and (self._ticker is None or not self._ticker.is_alive())
+            if start:
+                self._ticker = threading.Thread(target=self._tick, daemon=True,
+                                                name=f"CPU {self.index} throttle")
+        if start and self._ticker is not None:
+            self._ticker.start()
+
+    @property
+    def throttle(self) -> int:
+        return self._throttle
+
+    def _tick(self) -> None:
+        while True:
+            with self._cond:
+                # The wait is the time slice; notify (a new percentage, quit)
+                # only ends it early.
+                self._cond.wait(THROTTLE_TIMESLICE_S)
+                if not self._throttle or self._quit:
+                    return
+                busy = not self._idle
+            if busy:
+                self.accel.kick()
+
+    def _throttle_sleep(self) -> None:
+        with self._cond:
+            percent = self._throttle
+            if percent and self._want_run and not self._quit:
+                self._cond.wait(THROTTLE_TIMESLICE_S * percent / (100 - percent))
 
     @property
     def running(self) -> bool:
@@ -83,6 +125,7 @@ class VcpuThread:
         deadline = time.monotonic() + timeout
         with self._cond:
             self._want_run = False
+            self._cond.notify_all()  # ends a throttle sleep at once
             if threading.get_ident() == self._thread.ident:
                 return  # the vCPU stopping itself: it is not inside run()
             while not self._idle:

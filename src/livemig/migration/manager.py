@@ -129,6 +129,12 @@ class MigrationManager:
         if self.outgoing is not None:
             self.outgoing.cancel()
 
+    def migrate_continue(self, state: str) -> None:
+        """migrate-continue: release a source paused before switchover."""
+        if self.outgoing is None:
+            raise MigrationError(f"Migration not in expected state: {S.NONE.value}")
+        self.outgoing.continue_switchover(state)
+
     # --- postcopy ------------------------------------------------------------------------
     def start_postcopy(self) -> None:
         """migrate-start-postcopy: the request lives on the current job (a

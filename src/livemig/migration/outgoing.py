@@ -36,6 +36,7 @@ from .codec import (
     State,
     Sync,
 )
+from .convergence import PassLog, PassReport, Policy, PolicyError, load_policy
 from .multifd import MultifdSender, StreamSettings
 from .pages import CHUNK_PAGES, DOWNTIME_CHUNK_PAGES, ChunkRecords, runs
 from .params import Settings
@@ -90,9 +91,12 @@ class OutgoingMigration:
         self.stats = RamStats(total=machine.ram.size)
         self.times = JobTimes()
         self.limiter = RateLimiter(settings.params["max-bandwidth"])
+        self.policy: Policy | None = None  # made when the job starts (user code may fail)
+        self.passes = PassLog()
         self.postcopy: PostcopySource | None = None
         self._postcopy_requested = threading.Event()
         self._cancel = threading.Event()
+        self._switchover_go = threading.Event()  # migrate-continue (pause-before-switchover)
         self._channel: Channel | None = None
         self._stopped_guest = False
         self._resume_cond = threading.Condition()
@@ -140,9 +144,11 @@ class OutgoingMigration:
     def cancel(self) -> None:
         if self.status.in_postcopy:
             raise MigrationError("Postcopy migration in progress, cannot cancel.")
-        if not self.status.transition({S.SETUP, S.ACTIVE}, S.CANCELLING):
+        if not self.status.transition({S.SETUP, S.ACTIVE, S.PRE_SWITCHOVER, S.DEVICE},
+                                      S.CANCELLING):
             return  # not running, or too late: it is completing
         self._cancel.set()
+        self._switchover_go.set()  # a job waiting in pre-switchover sees the cancel
         self.limiter.wake()
         channel = self._channel
         if channel is not None:
@@ -150,6 +156,13 @@ class OutgoingMigration:
         multifd = self._multifd
         if multifd is not None:
             multifd.abort()
+
+    def continue_switchover(self, state: str) -> None:
+        """migrate-continue: let a job paused in ``state`` (pre-switchover) go on."""
+        current = self.status.status
+        if current.value != state:
+            raise MigrationError(f"Migration not in expected state: {current.value}")
+        self._switchover_go.set()
 
     def parameters_changed(self) -> None:
         self.limiter.set_limit(self.settings.params["max-bandwidth"])
@@ -175,6 +188,10 @@ class OutgoingMigration:
         tracker: DirtyTracker | None = None
         assert self.uri is not None  # a job without one was refused, never started
         try:
+            try:
+                self.policy = load_policy(self.settings.params["livemig-convergence-policy"])
+            except PolicyError as err:
+                raise MigrationError(str(err)) from err
             self._channel = connect(self.uri, self._fd, tls=self.tls)
             self._check_cancel()
             postcopy = self.settings.caps["postcopy-ram"]
@@ -210,6 +227,7 @@ class OutgoingMigration:
                 log.warning("migration failed: %s", self.error)
                 self._end(S.FAILED)
         finally:
+            self.machine.set_cpu_throttle(0)  # the throttle ends with the job, as QEMU's
             if tracker is not None:
                 try:
                     tracker.stop()
@@ -316,7 +334,7 @@ class OutgoingMigration:
                 raise SwitchToPostcopy(dirty)
             elapsed = max(time.monotonic() - started, 1e-6)
             moved = (self.pages_moved() - moved_before) * PAGE_SIZE
-            if self._converged(dirty, self.stats.transferred - sent_before, moved, elapsed):
+            if self._decide(dirty, self.stats.transferred - sent_before, moved, elapsed):
                 return dirty
 
     def _send_pages(self, dirty: np.ndarray, tracker: DirtyTracker | None) -> np.ndarray:
@@ -393,22 +411,44 @@ class OutgoingMigration:
         xbzrle = self.xbzrle
         return self.stats.normal + (xbzrle.stats.pages if xbzrle is not None else 0)
 
-    def _converged(self, dirty: np.ndarray, sent: int, moved: int, elapsed: float) -> bool:
-        """Switch over once what is left fits in downtime-limit at the measured rate.
+    def _decide(self, dirty: np.ndarray, sent: int, moved: int, elapsed: float) -> bool:
+        """After a pass: report it to the convergence policy and obey; True
+        means switch over now.
 
         ``sent``: bytes on the wire this pass; ``moved``: RAM bytes they carried.
         What is left is RAM bytes, so with compression or xbzrle (``moved`` far
         above ``sent``) the rate that predicts the downtime is ``moved``'s."""
         dirty_pages = int(dirty.sum())
-        remaining = dirty_pages * PAGE_SIZE
+        report = PassReport(self.stats.dirty_sync_count, elapsed, sent, moved, dirty_pages,
+                            PAGE_SIZE, self.machine.cpu_throttle,
+                            self.settings.params["downtime-limit"],
+                            time.monotonic() - self.times.start)
         self.stats.mbps = sent / elapsed * 8 / 1e6
-        bandwidth = max(sent, moved) / elapsed  # RAM bytes/s
-        self.stats.remaining = remaining
+        self.stats.remaining = report.remaining
         self.stats.dirty_pages_rate = int(dirty_pages / elapsed)
         self.stats.pages_per_second = int(sent / PAGE_SIZE / elapsed)
-        expected = remaining / bandwidth * 1000 if bandwidth > 0 else float("inf")
-        self.times.expected_downtime_ms = int(min(expected, 2**62))
-        return expected <= self.settings.params["downtime-limit"]
+        self.times.expected_downtime_ms = int(min(report.expected_downtime_ms, 2**62))
+        assert self.policy is not None
+        try:
+            decision = self.policy.decide(report, dict(self.settings.params),
+                                          dict(self.settings.caps))
+        except Exception as err:
+            raise MigrationError(f"convergence policy failed: {type(err).__name__}: "
+                                 f"{err}") from err
+        self.passes.record(report, decision)
+        if decision.action == "throttle":
+            self.machine.set_cpu_throttle(decision.throttle)
+            log.info("auto-converge: guest throttled to %d%%", decision.throttle)
+        elif decision.action == "postcopy":
+            if not self.settings.caps["postcopy-ram"]:
+                raise MigrationError("convergence policy asked for postcopy, but the "
+                                     "postcopy-ram capability is off")
+            log.info("convergence policy: switching to postcopy (%s)", decision.reason)
+            raise SwitchToPostcopy(dirty)
+        elif decision.action not in ("continue", "switchover"):
+            raise MigrationError(f"convergence policy gave an unknown decision: "
+                                 f"{decision.action!r}")
+        return decision.action == "switchover"
 
     def _stop_guest(self) -> bool:
         """Stop the vCPUs for switchover; return whether the guest was running."""
@@ -426,7 +466,9 @@ class OutgoingMigration:
         """Stop the guest and send what is left: ``pending`` (found dirty by
         the last sync, not yet sent) plus whatever was written since."""
         was_running = self._stop_guest()
-        stopped_at = time.monotonic()
+        stopped_at = time.monotonic()  # the pause below counts as downtime, as QEMU's
+        if self.settings.caps["pause-before-switchover"]:
+            self._pause_before_switchover()
         dirty = pending | tracker.sync()
         self._synced()
         self._send_pages(dirty, None)
@@ -438,6 +480,15 @@ class OutgoingMigration:
         self.stats.remaining = 0
         self.times.downtime_ms = int((time.monotonic() - stopped_at) * 1000)
         self._end(S.COMPLETED)
+
+    def _pause_before_switchover(self) -> None:
+        """The guest is stopped: wait in pre-switchover for migrate-continue
+        (or a cancel), then send the rest in the device status."""
+        if not self.status.transition(S.ACTIVE, S.PRE_SWITCHOVER):
+            raise Cancelled()
+        self._switchover_go.wait()
+        if not self.status.transition(S.PRE_SWITCHOVER, S.DEVICE):
+            raise Cancelled()
 
     # --- postcopy ---------------------------------------------------------------------------
     def _postcopy(self, tracker: DirtyTracker, pending: np.ndarray) -> None:
@@ -534,9 +585,11 @@ class OutgoingMigration:
         self.times.end = time.monotonic()
         self._end_guest(status)
         if status == S.COMPLETED:
-            self._must(self.status.transition({S.ACTIVE, S.POSTCOPY_ACTIVE}, S.COMPLETED))
+            self._must(self.status.transition({S.ACTIVE, S.DEVICE, S.POSTCOPY_ACTIVE},
+                                              S.COMPLETED))
             return
-        if status == S.FAILED and self.status.transition({S.SETUP, S.ACTIVE}, S.FAILED):
+        if status == S.FAILED and self.status.transition(
+                {S.SETUP, S.ACTIVE, S.PRE_SWITCHOVER, S.DEVICE}, S.FAILED):
             return
         # Cancelled, or failed while a cancel was under way: the cancel wins.
         self._must(self.status.transition(S.CANCELLING, S.CANCELLED))
@@ -557,6 +610,11 @@ class OutgoingMigration:
             info["error-desc"] = self.error
         if status != S.FAILED or self.stats.transferred:
             info["ram"] = self.stats.to_qmp()
+        throttle = self.machine.cpu_throttle
+        if throttle and self.status.in_progress:
+            info["cpu-throttle-percentage"] = throttle
+        if self.passes.entries:
+            info["livemig-passes"] = self.passes.to_qmp()
         if self.settings.caps["xbzrle"]:
             xbzrle = self.xbzrle
             info["xbzrle-cache"] = (xbzrle.stats.to_qmp() if xbzrle is not None else

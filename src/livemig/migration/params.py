@@ -48,6 +48,10 @@ PARAMETERS: dict[str, tuple[Any, Any]] = {
     "multifd-compression": (MULTIFD_COMPRESSION, "none"),
     "multifd-zlib-level": ("uint8", 1),
     "multifd-zstd-level": ("uint8", 1),
+    # livemig's own (docs/convergence.md): the convergence policy, and the
+    # deadline policy's total time in ms (0: none).
+    "livemig-convergence-policy": ("str", "qemu"),
+    "livemig-deadline": ("uint64", 0),
 }
 
 CAPABILITIES = (
@@ -61,8 +65,8 @@ CAPABILITIES = (
 # refused when enabled, rather than silently ignored.
 UNSUPPORTED = {"rdma-pin-all", "compress", "x-colo", "block",
                "dirty-bitmaps", "background-snapshot", "zero-copy-send", "postcopy-preempt",
-               "auto-converge", "release-ram", "x-ignore-shared",
-               "late-block-activate", "pause-before-switchover", "zero-blocks"}
+               "release-ram", "x-ignore-shared",
+               "late-block-activate", "zero-blocks"}
 
 MAX_DOWNTIME_MS = 2000 * 1000
 SIZE_MAX = (1 << 64) - 1
@@ -116,10 +120,20 @@ CHECKS: tuple[Callable[[dict[str, Any]], None], ...] = (
 )
 
 
+def _convergence_policy(params: dict[str, Any]) -> None:
+    from .convergence import PolicyError, policy_class
+
+    try:
+        policy_class(params["livemig-convergence-policy"])
+    except PolicyError as err:
+        raise MigrationError(f"Parameter 'livemig-convergence-policy': {err}") from err
+
+
 def validate(params: dict[str, Any]) -> None:
-    """QEMU's range checks over a whole (merged) parameter set."""
+    """QEMU's range checks over a whole (merged) parameter set, then livemig's."""
     for check in CHECKS:
         check(params)
+    _convergence_policy(params)
 
 
 class Settings:

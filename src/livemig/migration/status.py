@@ -37,6 +37,8 @@ class Status(StrEnum):
     POSTCOPY_ACTIVE = "postcopy-active"
     POSTCOPY_PAUSED = "postcopy-paused"
     POSTCOPY_RECOVER = "postcopy-recover"
+    PRE_SWITCHOVER = "pre-switchover"   # pause-before-switchover: stopped, waiting
+    DEVICE = "device"                   # after migrate-continue: the last of the state
 
 
 S = Status
@@ -45,7 +47,10 @@ S = Status
 SOURCE_TRANSITIONS: dict[Status, frozenset[Status]] = {
     S.NONE: frozenset({S.SETUP}),
     S.SETUP: frozenset({S.ACTIVE, S.CANCELLING, S.FAILED}),
-    S.ACTIVE: frozenset({S.CANCELLING, S.COMPLETED, S.FAILED, S.POSTCOPY_ACTIVE}),
+    S.ACTIVE: frozenset({S.CANCELLING, S.COMPLETED, S.FAILED, S.POSTCOPY_ACTIVE,
+                         S.PRE_SWITCHOVER}),
+    S.PRE_SWITCHOVER: frozenset({S.DEVICE, S.CANCELLING, S.FAILED}),
+    S.DEVICE: frozenset({S.COMPLETED, S.CANCELLING, S.FAILED}),
     S.CANCELLING: frozenset({S.CANCELLED, S.FAILED}),
     S.POSTCOPY_ACTIVE: frozenset({S.POSTCOPY_PAUSED, S.COMPLETED}),
     S.POSTCOPY_PAUSED: frozenset({S.POSTCOPY_RECOVER}),
@@ -63,7 +68,7 @@ DESTINATION_TRANSITIONS: dict[Status, frozenset[Status]] = {
 
 # A job in one of these holds the migration: no other may start.
 IN_PROGRESS = frozenset({S.SETUP, S.ACTIVE, S.CANCELLING, S.POSTCOPY_ACTIVE,
-                         S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER})
+                         S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER, S.PRE_SWITCHOVER, S.DEVICE})
 # After switchover: the guest runs on the destination, part of its RAM is
 # still on the source. Such a job never fails; it pauses.
 POSTCOPY = frozenset({S.POSTCOPY_ACTIVE, S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER})
@@ -129,7 +134,7 @@ class StatusMachine:
         is refused (the migration completes or fails). False if a cancel
         came first."""
         with self._cond:
-            if self._status != S.ACTIVE:
+            if self._status not in (S.ACTIVE, S.DEVICE):
                 return False
             self._committed = True
             return True

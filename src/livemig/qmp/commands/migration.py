@@ -7,6 +7,7 @@ from typing import Any
 from ...errors import QmpError
 from ...migration import MigrationManager
 from ...migration.params import CAPABILITIES, parameter_schema
+from ...migration.status import Status
 from ..context import QmpContext
 from ..registry import command
 
@@ -28,6 +29,11 @@ def migrate(ctx: QmpContext, uri: str, blk: bool = False, inc: bool = False,
 @command("migrate_cancel")
 def migrate_cancel(ctx: QmpContext) -> None:
     _manager(ctx).cancel()
+
+
+@command("migrate-continue", {"state": tuple(status.value for status in Status)})
+def migrate_continue(ctx: QmpContext, state: str) -> None:
+    _manager(ctx).migrate_continue(state)
 
 
 @command("migrate-start-postcopy")
