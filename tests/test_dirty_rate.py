@@ -1,21 +1,24 @@
 """calc-dirty-rate / query-dirty-rate (issue 10): QEMU 7.2's arguments,
 errors and answer, and accuracy on workload guests of known rate.
 
-The known rate is the ground truth: livemig (both accelerators) and QEMU
-must each measure within 15% of it, so they agree with each other too.
+The ground truth is the guest's own count of page writes over the
+measuring window: livemig (both accelerators) and QEMU must each measure
+within 15% of it, so they agree with each other too.
 QEMU 7.2 here crashes (SIGSEGV) on the dirty-bitmap and dirty-ring modes
 under tcg, so those run on livemig only."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from conftest import slowdown
 from test_workload_guest import start_dirty
 
-from livemig.guest.dirty import DirtyParams
+from livemig.guest.dirty import PAGE, DirtyParams
 from livemig.lab import LabError, Vm, VmLauncher, VmmKind, wait_until
+from livemig.lab.checks import dirty_block, dirty_writes
 
 UNSTARTED = {"status": "unstarted", "sample-pages": 0, "mode": "page-sampling",
              "start-time": 0, "calc-time": 0}
@@ -27,6 +30,22 @@ def _measure(vms: list[Vm], timeout: float = 30, **args: Any) -> list[dict[str, 
         vm.cmd("calc-dirty-rate", **args)
     return [wait_until(lambda vm=vm: (q := vm.cmd("query-dirty-rate"))["status"] == "measured"
                        and q, timeout, "the measurement") for vm in vms]
+
+
+def _measure_against_truth(vms: list[Vm], **args: Any) -> list[tuple[float, int]]:
+    """As _measure, with each guest's own count of page writes over the same
+    window (its stamp table, read before and after): (true MiB/s, answer)."""
+    blocks = [dirty_block(vm) for vm in vms]
+    before = [(dirty_writes(vm, b), time.monotonic()) for vm, b in zip(vms, blocks, strict=True)]
+    answers = _measure(vms, **args)
+    out = []
+    for vm, block, (w0, t0), answer in zip(vms, blocks, before, answers, strict=True):
+        writes = dirty_writes(vm, block) - w0
+        seconds = time.monotonic() - t0
+        # The window is calc-time long; the reads around it add a little.
+        true_rate = writes * PAGE / (1 << 20) / max(seconds, args["calc-time"])
+        out.append((true_rate, answer["dirty-rate"]))
+    return out
 
 
 @pytest.mark.parametrize("args, message", [
@@ -83,7 +102,9 @@ RATES = (8, 20)  # MiB/s: two workload guests, measured side by side
 def test_accuracy_on_known_rates(vmm: VmmKind, lab: VmLauncher) -> None:
     """Two sequential writers paced at 8 and 20 MiB/s over a 64 MiB set
     (3 s windows stay inside it): page-sampling at 16384 pages/GiB, and on
-    livemig the dirty bitmap too, each within 15% of the rate."""
+    livemig the dirty bitmap too, each within 15% of the rate the guest
+    really wrote in the window (by its own count). The pacing itself is held
+    to 25% of the asked rate: a loaded machine can slow a guest down."""
     vms = []
     for rate in RATES:
         params = DirtyParams(wss_mib=64, rate=rate)
@@ -91,12 +112,11 @@ def test_accuracy_on_known_rates(vmm: VmmKind, lab: VmLauncher) -> None:
         vms.append(vm)
     for vm in vms:
         vm.wait_serial(b"A", timeout=60 * slowdown(vmm))
-    sampled = _measure(vms, **{"calc-time": 3, "sample-pages": 16384})
-    for rate, answer in zip(RATES, sampled, strict=True):
-        assert answer["dirty-rate"] == pytest.approx(rate, rel=0.15), (rate, answer)
-    if vmm.is_qemu:
-        return  # QEMU 7.2 crashes on mode=dirty-bitmap under tcg (see the docstring)
-    counted = _measure(vms, **{"calc-time": 3, "mode": "dirty-bitmap"})
-    for rate, answer in zip(RATES, counted, strict=True):
-        assert answer["mode"] == "dirty-bitmap"
-        assert answer["dirty-rate"] == pytest.approx(rate, rel=0.15), (rate, answer)
+    modes: list[dict[str, Any]] = [{"calc-time": 3, "sample-pages": 16384}]
+    if not vmm.is_qemu:  # QEMU 7.2 crashes on mode=dirty-bitmap under tcg (the docstring)
+        modes.append({"calc-time": 3, "mode": "dirty-bitmap"})
+    for args in modes:
+        for rate, (true_rate, answer) in zip(RATES, _measure_against_truth(vms, **args),
+                                             strict=True):
+            assert true_rate == pytest.approx(rate, rel=0.25), (rate, true_rate)
+            assert answer == pytest.approx(true_rate, rel=0.15, abs=1), (args, true_rate, answer)

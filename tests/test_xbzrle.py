@@ -18,10 +18,11 @@ from stream_scenarios import incoming_uri
 from livemig.lab import VmLauncher, VmmKind, wait_until
 
 
-def test_xbzrle_precopy(vmm: VmmKind, lab: VmLauncher) -> None:
+def test_xbzrle_precopy(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
     """The built-in guest writes one byte per page: from the second pass on its
-    pages go as tiny deltas; the cache counts misses first, then hits."""
-    kind = vmm
+    pages go as tiny deltas; the cache counts misses first, then hits. (The
+    encoding is the stream's, not the accelerator's: livemig tcg and QEMU.)"""
+    kind = vmm_any_accel
     slow = slowdown(kind)
     src = lab.start(kind, "src")
     dst = lab.start(kind, "dst", extra=["-incoming", "defer"])

@@ -90,7 +90,11 @@ class UffdWpDirtyTracker:
             self._uffd.write_protect(ram.address, ram.size)
             self._scanner = WrittenPageScanner(ram.address, ram.size)
         except Exception:
-            self.stop()
+            try:
+                self.stop()
+            except Exception:  # keep the error that says why start failed
+                log.warning("dirty tracking: cleanup after a failed start failed",
+                            exc_info=True)
             raise
         ram.take_vmm_dirty()
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from .incoming import IncomingMigration
     from .outgoing import OutgoingMigration
 
+CLEANUP_WAIT_S = 10.0
+
 EventSink = Callable[[str, dict[str, Any] | None], None]
 
 S = Status
@@ -104,6 +106,7 @@ class MigrationManager:
         if self.machine.runstate == RunState.INMIGRATE:
             raise MigrationError("Guest is waiting for an incoming migration")
         self._refuse_if_busy()
+        self._wait_for_cleanup()
         if self._dirty_rate is not None and self._dirty_rate.using_tracker:
             raise MigrationError("calc-dirty-rate in dirty-bitmap mode is using the dirty "
                                  "tracker: migrate when it has measured")
@@ -124,6 +127,17 @@ class MigrationManager:
                                           self.take_fd, tls)
         self.outgoing.times.start = asked
         self.outgoing.start()
+
+    def _wait_for_cleanup(self) -> None:
+        """A job's status turns final before its thread has released the
+        dirty tracker and channels: a new job waits for that (briefly), or
+        its tracker would find RAM still registered with the old one."""
+        job = self.outgoing
+        if job is None:
+            return
+        job.join(CLEANUP_WAIT_S)
+        if job.thread_alive:
+            raise MigrationError("The previous migration is still cleaning up; try again")
 
     def cancel(self) -> None:
         if self.outgoing is not None:

@@ -173,6 +173,10 @@ class OutgoingMigration:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def thread_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def header(self) -> Header:
         uuid = self.machine.config.uuid if self.settings.caps["validate-uuid"] else None
         return Header(PAGE_SIZE, self.machine.ram.size, state.machine_description(self.machine),
