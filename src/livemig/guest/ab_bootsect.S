@@ -60,18 +60,7 @@ touch_page:
         call    serial_put
         jmp     next_pass
 
-/* Send %al on COM1 once its line status says the transmitter is empty. */
-serial_put:
-        movb    %al, %bl
-        movw    $0x3fd, %dx
-wait_empty:
-        inb     %dx, %al
-        testb   $0x20, %al
-        jz      wait_empty
-        movb    %bl, %al
-        movw    $0x3f8, %dx
-        outb    %al, %dx
-        ret
+        .include "serial_put.S"
 
         .p2align 3
 gdt:

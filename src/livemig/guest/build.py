@@ -23,7 +23,8 @@ def build(source: Path, output: Path) -> None:
     """Assemble ``source`` as a flat binary linked at 0x7c00."""
     with tempfile.TemporaryDirectory() as tmp:
         obj = Path(tmp) / "guest.o"
-        subprocess.run(["as", "--32", "-o", str(obj), str(source)], check=True)
+        subprocess.run(["as", "--32", "-I", str(source.parent), "-o", str(obj), str(source)],
+                       check=True)
         subprocess.run(
             ["ld", "-m", "elf_i386", "-Ttext", "0x7c00", "-e", "_start",
              "--oformat", "binary", "-o", str(output), str(obj)],

@@ -192,18 +192,7 @@ xorshift:
         movl    %eax, rng
         ret
 
-/* Send %al on COM1 once its transmitter is empty. Clobbers %edx, %bl. */
-serial_put:
-        movb    %al, %bl
-        movw    $0x3fd, %dx
-wait_empty:
-        inb     %dx, %al
-        testb   $0x20, %al
-        jz      wait_empty
-        movb    %bl, %al
-        movw    $0x3f8, %dx
-        outb    %al, %dx
-        ret
+        .include "serial_put.S"
 
 /* The GDT; its null descriptor holds the pointer lgdt loads. */
 gdt:
