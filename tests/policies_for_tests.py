@@ -28,3 +28,9 @@ class Explodes:
     def decide(self, report: PassReport, params: dict[str, Any],
                caps: dict[str, bool]) -> Decision:
         raise RuntimeError("policy exploded")
+
+
+class ReturnsNone:
+    def decide(self, report: PassReport, params: dict[str, Any],
+               caps: dict[str, bool]) -> Decision:
+        return None  # type: ignore[return-value]

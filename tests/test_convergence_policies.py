@@ -49,15 +49,19 @@ def test_a_user_policy_is_called_every_pass_and_obeyed(livemig_tcg: VmmKind,
     check_guests_ram(dst)
 
 
-def test_a_policy_that_raises_fails_the_migration(livemig_tcg: VmmKind,
-                                                  lab: VmLauncher) -> None:
+@pytest.mark.parametrize("policy, error", [
+    ("Explodes", "convergence policy failed: RuntimeError: policy exploded"),
+    ("ReturnsNone", "convergence policy failed: TypeError: decide() returned None, "
+                    "not a Decision"),
+])
+def test_a_policy_that_raises_fails_the_migration(livemig_tcg: VmmKind, lab: VmLauncher,
+                                                  policy: str, error: str) -> None:
     src, _dst, uri = _ab_pair(lab, livemig_tcg,
-                              {"livemig-convergence-policy": "policies_for_tests:Explodes"})
+                              {"livemig-convergence-policy": f"policies_for_tests:{policy}"})
     migrate(src, uri)
     info = wait_until(lambda: (i := src.cmd("query-migrate"))["status"] == "failed" and i,
                       60, "the migration to fail")
-    assert info["error-desc"] == ("convergence policy failed: RuntimeError: "
-                                  "policy exploded"), info
+    assert info["error-desc"] == error, info
     assert src.status() == "running"
 
 

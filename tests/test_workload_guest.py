@@ -15,7 +15,7 @@ from migration_helpers import migrate, wait_for_status
 
 from livemig.guest.dirty import BLOCK_OFFSET, PAGE, DirtyParams, image, read_block
 from livemig.lab import Vm, VmLauncher, VmmKind, wait_until
-from livemig.lab.checks import check_dirty_ram, dirty_block, dirty_write_rate
+from livemig.lab.checks import check_dirty_ram, dirty_block, dirty_write_rate, dirty_writes
 
 TSC_HZ = 2_000_000_000.0  # for image tests that do not run the guest
 
@@ -104,7 +104,7 @@ def test_full_page_writes_survive_migration(vmm_any_accel: VmmKind, lab: VmLaunc
     wait_until(socket_path.exists, 30, "the destination socket")
     src.cmd("migrate-set-parameters", **{"max-bandwidth": 1_000_000_000})
     src.wait_serial(b"A", timeout=60)
-    wait_until(lambda: check_dirty_ram(src).written > 500, 30, "the guest to write")
+    wait_until(lambda: dirty_writes(src) > 500, 30, "the guest to write")
     migrate(src, f"unix:{socket_path}")
     wait_for_status(src, "completed", timeout=120)
     wait_for_status(dst, "completed", timeout=60)

@@ -40,7 +40,7 @@ class VcpuThread:
         self._quit = False
         self.halted = False
         self._throttle = 0       # percent of each time slice spent asleep
-        self._ticker: threading.Thread | None = None
+        self._ticking = False    # a ticker thread runs (set and cleared under _cond)
         self.native_id: int = 0
         self._started = threading.Event()
         self._thread = threading.Thread(
@@ -80,12 +80,11 @@ class VcpuThread:
         with self._cond:
             self._throttle = max(0, min(99, percent))
             self._cond.notify_all()
-            start = self._throttle > 0 and (self._ticker is None or not self._ticker.is_alive())
-            if start:
-                self._ticker = threading.Thread(target=self._tick, daemon=True,
-                                                name=f"CPU {self.index} throttle")
-        if start and self._ticker is not None:
-            self._ticker.start()
+            start = self._throttle > 0 and not self._ticking
+            self._ticking = self._ticking or start
+        if start:
+            threading.Thread(target=self._tick, daemon=True,
+                             name=f"CPU {self.index} throttle").start()
 
     @property
     def throttle(self) -> int:
@@ -98,6 +97,7 @@ class VcpuThread:
                 # only ends it early.
                 self._cond.wait(THROTTLE_TIMESLICE_S)
                 if not self._throttle or self._quit:
+                    self._ticking = False  # a later set_throttle starts a new ticker
                     return
                 busy = not self._idle
             if busy:

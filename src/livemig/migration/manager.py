@@ -218,6 +218,8 @@ class MigrationManager:
         os.close(self.take_fd(name))
 
     def close(self) -> None:
+        if self._dirty_rate is not None:
+            self._dirty_rate.stop()  # a measurement in flight ends now
         job = self.outgoing
         if job is not None and job.in_progress and not job.status.in_postcopy:
             job.cancel()

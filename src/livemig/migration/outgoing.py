@@ -36,7 +36,7 @@ from .codec import (
     State,
     Sync,
 )
-from .convergence import PassLog, PassReport, Policy, PolicyError, load_policy
+from .convergence import Decision, PassLog, PassReport, Policy, PolicyError, load_policy
 from .multifd import MultifdSender, StreamSettings
 from .pages import CHUNK_PAGES, DOWNTIME_CHUNK_PAGES, ChunkRecords, runs
 from .params import Settings
@@ -436,6 +436,8 @@ class OutgoingMigration:
         try:
             decision = self.policy.decide(report, dict(self.settings.params),
                                           dict(self.settings.caps))
+            if not isinstance(decision, Decision):
+                raise TypeError(f"decide() returned {decision!r}, not a Decision")
         except Exception as err:
             raise MigrationError(f"convergence policy failed: {type(err).__name__}: "
                                  f"{err}") from err
