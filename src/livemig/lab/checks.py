@@ -66,6 +66,9 @@ class DirtyCheck:
                 f"(first {self.bad_fill[:5]})")
 
 
+_FILL_CHUNK = 4096  # pages whose fill is recomputed per numpy step
+
+
 def dirty_block(vm: Vm) -> Block:
     """The workload guest's parameter block, read from its RAM."""
     return read_block(vm.pmem(BLOCK_ADDRESS, BLOCK_SIZE))
@@ -93,15 +96,17 @@ def check_dirty_ram(vm: Vm) -> DirtyCheck:
     bad_fill: list[int] = []
     fill = block.write_bytes // 4 - 1
     if block.write_bytes > 4 and fill > 0:
-        seq = table.astype(np.uint64)[:, None]
         steps = np.arange(1, fill + 1, dtype=np.uint64)[None, :] * MIX_STEP
-        x = ((seq + steps) & 0xFFFFFFFF).astype(np.uint32)
-        x ^= x >> np.uint32(16)
-        x *= np.uint32(MIX_MULT)
-        x ^= x >> np.uint32(13)
         checked = (table != 0) & ~wrong
-        differs = (words[:, 1:fill + 1] != x).any(axis=1) & checked
-        bad_fill = np.flatnonzero(differs).tolist()
+        for first in range(0, block.pages, _FILL_CHUNK):  # bounds the temporaries
+            end = min(first + _FILL_CHUNK, block.pages)
+            x = ((table[first:end].astype(np.uint64)[:, None] + steps)
+                 & 0xFFFFFFFF).astype(np.uint32)
+            x ^= x >> np.uint32(16)
+            x *= np.uint32(MIX_MULT)
+            x ^= x >> np.uint32(13)
+            differs = (words[first:end, 1:fill + 1] != x).any(axis=1) & checked[first:end]
+            bad_fill += (np.flatnonzero(differs) + first).tolist()
     return DirtyCheck(block.pages, int(np.count_nonzero(table)), mismatched, bad_fill)
 
 
