@@ -39,7 +39,7 @@ class VcpuThread:
         self._idle = True
         self._quit = False
         self.halted = False
-        self._throttle = 0       # percent of each time slice spent asleep
+        self._throttle = 0.0     # percent of each time slice spent asleep
         self._ticking = False    # a ticker thread runs (set and cleared under _cond)
         self.native_id: int = 0
         self._started = threading.Event()
@@ -73,12 +73,13 @@ class VcpuThread:
             self._after_run(result)
 
     # --- CPU throttle (auto-converge) ---------------------------------------------
-    def set_throttle(self, percent: int) -> None:
+    def set_throttle(self, percent: float) -> None:
         """Sleep ``percent``% of the time (0 ends it), as QEMU's CPU throttle:
-        a ticker kicks the vCPU out every time slice, and the vCPU then sleeps
-        percent / (100 - percent) of a slice before it runs on."""
+        a ticker kicks the vCPU out once every slice / (1 - percent/100), and
+        the vCPU then sleeps percent / (100 - percent) of a slice before it
+        runs on."""
         with self._cond:
-            self._throttle = max(0, min(99, percent))
+            self._throttle = max(0.0, min(99.0, float(percent)))
             self._cond.notify_all()
             start = self._throttle > 0 and not self._ticking
             self._ticking = self._ticking or start
@@ -87,15 +88,18 @@ class VcpuThread:
                              name=f"CPU {self.index} throttle").start()
 
     @property
-    def throttle(self) -> int:
+    def throttle(self) -> float:
         return self._throttle
 
     def _tick(self) -> None:
         while True:
             with self._cond:
-                # The wait is the time slice; notify (a new percentage, quit)
-                # only ends it early.
-                self._cond.wait(THROTTLE_TIMESLICE_S)
+                # One kick per run slice plus its sleep, as QEMU's throttle
+                # timer: kicking every bare slice would land each kick soon
+                # after the vCPU woke from the previous sleep, and the run
+                # slices would shrink to nothing. notify (a new percentage,
+                # quit) only ends the wait early.
+                self._cond.wait(THROTTLE_TIMESLICE_S / (1 - self._throttle / 100))
                 if not self._throttle or self._quit:
                     self._ticking = False  # a later set_throttle starts a new ticker
                     return
