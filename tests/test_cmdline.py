@@ -37,6 +37,11 @@ def _bad_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("unsigned drive", ["-drive", f"file={unsigned},format=raw"], "0x55AA"),
         ("smp 2", ["-smp", "2"], "one vCPU"),
         ("bad accelerator", ["-machine", "accel=warp"], "invalid accelerator warp"),
+        # QEMU's own words for both (read off QEMU 7.2):
+        ("dirty ring not a power of two", ["-accel", "kvm,dirty-ring-size=3"],
+         "-accel kvm,dirty-ring-size=3: dirty-ring-size must be a power of two."),
+        ("dirty ring on tcg", ["-accel", "tcg,dirty-ring-size=4096"],
+         "Property 'tcg-accel.dirty-ring-size' not found"),
         ("unknown device", ["-device", "e1000"], "e1000"),
         ("unknown chardev backend", ["-chardev", "bogus,id=x"], "bogus"),
         ("chardev without id", ["-chardev", "null"], "id"),

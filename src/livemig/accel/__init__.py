@@ -20,25 +20,28 @@ log = logging.getLogger(__name__)
 KNOWN = ("kvm", "tcg", "qtest")
 
 
-def create(name: str, ram: GuestRam, bus: IoBus) -> Accelerator | None:
-    """Build the accelerator ``name`` (one of KNOWN); None for qtest."""
+def create(name: str, ram: GuestRam, bus: IoBus,
+           dirty_ring_size: int = 0) -> Accelerator | None:
+    """Build the accelerator ``name`` (one of KNOWN); None for qtest.
+    ``dirty_ring_size``: kvm's dirty-ring-size property (0: the dirty log)."""
     if name == "qtest":
         return None
     if name == "kvm":
         from .kvm import KvmAccelerator
-        return KvmAccelerator(ram, bus)
+        return KvmAccelerator(ram, bus, dirty_ring_size)
     if name == "tcg":
         from .tcg import TcgAccelerator
         return TcgAccelerator(ram, bus)
     raise AccelError(f"invalid accelerator {name}")
 
 
-def create_first(names: list[str], ram: GuestRam, bus: IoBus) -> tuple[str, Accelerator | None]:
+def create_first(names: list[str], ram: GuestRam, bus: IoBus,
+                 dirty_ring_size: int = 0) -> tuple[str, Accelerator | None]:
     """Try ``names`` in order; the first that initialises wins."""
     failures: list[str] = []
     for name in names:
         try:
-            return name, create(name, ram, bus)
+            return name, create(name, ram, bus, dirty_ring_size)
         except AccelError as err:
             log.info("accelerator %s not usable: %s", name, err)
             failures.append(f"{name}: {err}")

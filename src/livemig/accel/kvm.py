@@ -10,6 +10,7 @@ interrupts the system call instead of killing the process.
 from __future__ import annotations
 
 import ctypes
+import logging
 import signal
 import threading
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..devices import IoBus
 from ..errors import AccelError, KvmError
 from ..kvm import (
+    DirtyRingFullExit,
     FailedExit,
     HltExit,
     InterruptedExit,
@@ -33,7 +35,9 @@ from .base import Crashed, Halted, Kicked, RunResult, TripleFault
 from .cpustate import GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
 
 if TYPE_CHECKING:
-    from ..memory.dirty import DirtyTracker
+    from ..memory.dirty import DirtyTracker, KvmDirtyRingTracker
+
+log = logging.getLogger(__name__)
 
 KICK_SIGNAL = signal.SIGUSR1
 RAM_SLOT = 0
@@ -50,20 +54,45 @@ class KvmAccelerator:
 
     name = "kvm"
 
-    def __init__(self, ram: GuestRam, bus: IoBus) -> None:
+    def __init__(self, ram: GuestRam, bus: IoBus, dirty_ring_size: int = 0) -> None:
+        """``dirty_ring_size``: entries per vCPU dirty ring (``-accel
+        kvm,dirty-ring-size=N``); 0 keeps the dirty log."""
         self._ram = ram
         self._bus = bus
+        self.dirty_ring: KvmDirtyRingTracker | None = None
         try:
             self.system = KvmSystem()
             self.vm: KvmVm = self.system.create_vm()
+            ring_bytes = self._dirty_ring_bytes(dirty_ring_size)
             self.vm.set_memory_region(RAM_SLOT, 0, ram.size, ram.address, log_dirty=False)
-            self.vcpu: KvmVcpu = self.vm.create_vcpu(0)
+            self.vcpu: KvmVcpu = self.vm.create_vcpu(0, ring_bytes)
         except KvmError as err:
             raise AccelError(f"kvm: {err}") from err
+        if self.vcpu.dirty_ring is not None:
+            from ..memory.dirty import KvmDirtyRingTracker
+            self.dirty_ring = KvmDirtyRingTracker(self.vm, RAM_SLOT, ram, [self.vcpu.dirty_ring])
         install_kick_handler()
         self._thread_id: int | None = None
         self._kick_lock = threading.Lock()
         self.set_state(CpuState.boot())
+
+    def _dirty_ring_bytes(self, entries: int) -> int:
+        """Enable the dirty ring of ``entries`` per vCPU if the kernel has
+        one (before any vCPU exists, as KVM requires); its size in bytes,
+        or 0 for the dirty log."""
+        if not entries:
+            return 0
+        largest = self.vm.check_extension(abi.KVM_CAP_DIRTY_LOG_RING)
+        if not largest:
+            log.warning("KVM dirty ring not available on this kernel: dirty tracking uses "
+                        "the dirty log instead")
+            return 0
+        ring_bytes = entries * ctypes.sizeof(abi.KvmDirtyGfn)
+        if ring_bytes > largest:
+            raise KvmError(f"dirty-ring-size {entries} is too big: this kernel allows at most "
+                           f"{largest // ctypes.sizeof(abi.KvmDirtyGfn)} entries")
+        self.vm.enable_dirty_ring(ring_bytes)
+        return ring_bytes
 
     # --- running ---------------------------------------------------------------
     def arm(self) -> None:
@@ -97,6 +126,11 @@ class KvmAccelerator:
                     return Halted()
                 case ShutdownExit():
                     return TripleFault()
+                case DirtyRingFullExit():
+                    # The kernel will not run this vCPU again until its
+                    # ring has room: harvest (and reset) it here.
+                    if self.dirty_ring is not None:
+                        self.dirty_ring.harvest(vcpu_stopped=True)
                 case FailedExit(reason=reason):
                     return Crashed(f"kvm: exit {reason}")
 
@@ -156,11 +190,19 @@ class KvmAccelerator:
         """Hardware fetches straight from guest RAM: nothing is cached."""
 
     def dirty_tracker(self, ram: GuestRam) -> DirtyTracker:
-        """KVM's dirty log of the RAM slot: the kernel sees the guest's writes."""
+        """The dirty ring where enabled, else KVM's dirty log of the RAM slot:
+        either way the kernel sees the guest's writes."""
+        if self.dirty_ring is not None:
+            return self.dirty_ring
         from ..memory.dirty import KvmDirtyTracker
         return KvmDirtyTracker(self.vm, RAM_SLOT, ram)
 
+    def dirty_ring_counts(self) -> list[int] | None:
+        return list(self.dirty_ring.harvested) if self.dirty_ring is not None else None
+
     def close(self) -> None:
+        if self.dirty_ring is not None:
+            self.dirty_ring.close()
         self.vcpu.close()
         self.vm.close()
         self.system.close()

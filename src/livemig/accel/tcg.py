@@ -200,5 +200,8 @@ class TcgAccelerator:
         from ..memory.dirty import process_tracker
         return process_tracker(ram)
 
+    def dirty_ring_counts(self) -> list[int] | None:
+        return None  # KVM only
+
     def close(self) -> None:
         self._uc = None  # type: ignore[assignment]

@@ -61,6 +61,7 @@ class SystemOptions:
     show_help: bool = False
     cpu_model: str = "qemu64"
     uuid: str | None = None
+    kvm_dirty_ring_size: int = 0      # -accel kvm,dirty-ring-size=N
     # -object TYPE,id=ID,...: (qom-type, properties, the option's text)
     objects: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
 
@@ -109,6 +110,28 @@ def _machine(o: SystemOptions, text: str) -> None:
                           "(livemig provides one PC-like machine: use pc or q35)")
     if "accel" in opts:
         o.machine_accel = _accel_list(opts["accel"], "machine")
+
+
+def _accel(o: SystemOptions, text: str) -> None:
+    opts = _opts(text, "accel", "accel")
+    _reject_unknown(opts, {"accel", "thread", "tb-size", "kernel-irqchip", "dirty-ring-size"},
+                    "accel")
+    names = _accel_list(opts.get("accel", ""), "accel")
+    if "dirty-ring-size" in opts:
+        if names != ["kvm"]:
+            raise ConfigError(f"-accel {text}: Property '{names[0]}-accel.dirty-ring-size' "
+                              "not found")
+        try:
+            size = int(opts["dirty-ring-size"], 0)
+        except ValueError as err:
+            raise ConfigError(f"-accel {text}: Parameter 'dirty-ring-size' expects "
+                              "uint32") from err
+        if not 0 <= size < 1 << 32:
+            raise ConfigError(f"-accel {text}: Parameter 'dirty-ring-size' expects uint32")
+        if size & (size - 1):
+            raise ConfigError(f"-accel {text}: dirty-ring-size must be a power of two.")
+        o.kvm_dirty_ring_size = size
+    o.accel_options.extend(names)
 
 
 def _memory(o: SystemOptions, text: str) -> None:
@@ -246,9 +269,7 @@ def _with_arg(o: SystemOptions, name: str, value: str) -> None:
     if name in ("machine", "M"):
         _machine(o, value)
     elif name == "accel":
-        opts = _opts(value, "accel", "accel")
-        _reject_unknown(opts, {"accel", "thread", "tb-size", "kernel-irqchip"}, "accel")
-        o.accel_options.extend(_accel_list(opts.get("accel", ""), "accel"))
+        _accel(o, value)
     elif name == "m":
         _memory(o, value)
     elif name == "smp":
@@ -314,6 +335,7 @@ A QEMU-compatible virtual machine monitor (one x86 vCPU, no BIOS: the first
 
   -machine [type=]pc,accel=A[:B…]   accelerators to try in order (kvm, tcg, qtest)
   -accel NAME | -enable-kvm          choose the accelerator (default tcg)
+  -accel kvm,dirty-ring-size=N       KVM dirty ring of N entries per vCPU (power of two)
   -m SIZE                            guest RAM (default 128M; suffixes K M G T)
   -smp 1                             one vCPU
   -name NAME[,debug-threads=on]      the guest's name (query-name)

@@ -91,6 +91,7 @@ class System:
             debug_exit=opts.debug_exit,
             no_reboot=opts.no_reboot,
             uuid=opts.uuid,
+            kvm_dirty_ring_size=opts.kvm_dirty_ring_size,
         )
         self.machine = Machine(config, serial.write if serial else (lambda _b: None),
                                self.relay, self._exit_now)

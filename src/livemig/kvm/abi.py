@@ -117,6 +117,27 @@ class KvmDirtyLog(ctypes.Structure):
     ]
 
 
+class KvmEnableCap(ctypes.Structure):
+    """struct kvm_enable_cap (KVM_ENABLE_CAP)."""
+
+    _fields_ = [
+        ("cap", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("args", ctypes.c_uint64 * 4),
+        ("pad", ctypes.c_uint8 * 64),
+    ]
+
+
+class KvmDirtyGfn(ctypes.Structure):
+    """struct kvm_dirty_gfn: one entry of a vCPU's dirty ring."""
+
+    _fields_ = [
+        ("flags", ctypes.c_uint32),
+        ("slot", ctypes.c_uint32),   # (address space << 16) | slot id
+        ("offset", ctypes.c_uint64),  # page number within the slot
+    ]
+
+
 class KvmRunIo(ctypes.Structure):
     """kvm_run.io (KVM_EXIT_IO)."""
 
@@ -192,11 +213,21 @@ KVM_GET_DIRTY_LOG = _iow(0x42, KvmDirtyLog)
 KVM_SET_USER_MEMORY_REGION = _iow(0x46, KvmUserspaceMemoryRegion)
 KVM_SET_TSS_ADDR = _io(0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _iow(0x48, ctypes.c_uint64)
+KVM_ENABLE_CAP = _iow(0xA3, KvmEnableCap)
+KVM_RESET_DIRTY_RINGS = _io(0xC7)
 KVM_RUN = _io(0x80)
 KVM_GET_REGS = _ior(0x81, KvmRegs)
 KVM_SET_REGS = _iow(0x82, KvmRegs)
 KVM_GET_SREGS = _ior(0x83, KvmSregs)
 KVM_SET_SREGS = _iow(0x84, KvmSregs)
+
+# Capabilities (KVM_CHECK_EXTENSION / KVM_ENABLE_CAP).
+KVM_CAP_DIRTY_LOG_RING = 192  # the check answers the largest ring, in bytes
+
+# The dirty ring: mapped from the vCPU fd at this many pages in (x86).
+KVM_DIRTY_LOG_PAGE_OFFSET = 64
+KVM_DIRTY_GFN_F_DIRTY = 1 << 0   # set by the kernel: the entry holds a page
+KVM_DIRTY_GFN_F_RESET = 1 << 1   # set by us: harvested, the kernel may recycle it
 
 # Memory-slot flags.
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
@@ -211,6 +242,7 @@ KVM_EXIT_SHUTDOWN = 8
 KVM_EXIT_FAIL_ENTRY = 9
 KVM_EXIT_INTR = 10
 KVM_EXIT_INTERNAL_ERROR = 17
+KVM_EXIT_DIRTY_RING_FULL = 31
 
 KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1
@@ -219,7 +251,7 @@ EXIT_NAMES = {
     KVM_EXIT_UNKNOWN: "UNKNOWN", KVM_EXIT_IO: "IO", KVM_EXIT_DEBUG: "DEBUG",
     KVM_EXIT_HLT: "HLT", KVM_EXIT_MMIO: "MMIO", KVM_EXIT_SHUTDOWN: "SHUTDOWN",
     KVM_EXIT_FAIL_ENTRY: "FAIL_ENTRY", KVM_EXIT_INTR: "INTR",
-    KVM_EXIT_INTERNAL_ERROR: "INTERNAL_ERROR",
+    KVM_EXIT_INTERNAL_ERROR: "INTERNAL_ERROR", KVM_EXIT_DIRTY_RING_FULL: "DIRTY_RING_FULL",
 }
 
 # Sanity of the layouts against the kernel's sizes.
@@ -228,4 +260,6 @@ assert ctypes.sizeof(KvmSegment) == 24
 assert ctypes.sizeof(KvmSregs) == 312
 assert ctypes.sizeof(KvmUserspaceMemoryRegion) == 32
 assert ctypes.sizeof(KvmDirtyLog) == 16
+assert ctypes.sizeof(KvmEnableCap) == 104
+assert ctypes.sizeof(KvmDirtyGfn) == 16
 assert KvmRun.exit.offset == 32

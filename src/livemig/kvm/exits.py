@@ -41,10 +41,17 @@ class ShutdownExit:
 
 
 @dataclass(frozen=True, slots=True)
+class DirtyRingFullExit:
+    """KVM_EXIT_DIRTY_RING_FULL: the vCPU's dirty ring must be harvested
+    and reset before it runs again."""
+
+
+@dataclass(frozen=True, slots=True)
 class FailedExit:
     """Any other exit: the vCPU cannot go on (reason says which)."""
 
     reason: str
 
 
-KvmExit = IoExit | MmioExit | HltExit | InterruptedExit | ShutdownExit | FailedExit
+KvmExit = (IoExit | MmioExit | HltExit | InterruptedExit | ShutdownExit | DirtyRingFullExit
+           | FailedExit)

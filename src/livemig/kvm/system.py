@@ -14,7 +14,16 @@ import os
 
 from ..errors import KvmError
 from . import abi
-from .exits import FailedExit, HltExit, InterruptedExit, IoExit, KvmExit, MmioExit, ShutdownExit
+from .exits import (
+    DirtyRingFullExit,
+    FailedExit,
+    HltExit,
+    InterruptedExit,
+    IoExit,
+    KvmExit,
+    MmioExit,
+    ShutdownExit,
+)
 
 KVM_DEVICE = "/dev/kvm"
 
@@ -86,6 +95,23 @@ class KvmVm:
         ident = ctypes.c_uint64(IDENTITY_MAP_ADDRESS)
         _ioctl(self.fd, abi.KVM_SET_IDENTITY_MAP_ADDR, ident, "KVM_SET_IDENTITY_MAP_ADDR")
 
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on the VM: 0 if ``cap`` is absent, else its value."""
+        return _ioctl(self.fd, abi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
+
+    def enable_dirty_ring(self, ring_bytes: int) -> None:
+        """KVM_ENABLE_CAP(KVM_CAP_DIRTY_LOG_RING): every vCPU made after this
+        gets a ring of ``ring_bytes`` (a power of two) instead of the VM's
+        dirty bitmap; KVM_GET_DIRTY_LOG is refused from then on."""
+        cap = abi.KvmEnableCap(cap=abi.KVM_CAP_DIRTY_LOG_RING)
+        cap.args[0] = ring_bytes
+        _ioctl(self.fd, abi.KVM_ENABLE_CAP, cap, "KVM_ENABLE_CAP(KVM_CAP_DIRTY_LOG_RING)")
+
+    def reset_dirty_rings(self) -> int:
+        """KVM_RESET_DIRTY_RINGS: write-protect again the pages of every entry
+        marked harvested and recycle those entries; returns how many."""
+        return _ioctl(self.fd, abi.KVM_RESET_DIRTY_RINGS, 0, "KVM_RESET_DIRTY_RINGS")
+
     def set_memory_region(
         self, slot: int, guest_phys: int, size: int, host_address: int, log_dirty: bool
     ) -> None:
@@ -108,10 +134,10 @@ class KvmVm:
         log = abi.KvmDirtyLog(slot=slot, dirty_bitmap=bitmap_address)
         _ioctl(self.fd, abi.KVM_GET_DIRTY_LOG, log, "KVM_GET_DIRTY_LOG")
 
-    def create_vcpu(self, index: int) -> KvmVcpu:
-        """KVM_CREATE_VCPU."""
+    def create_vcpu(self, index: int, dirty_ring_bytes: int = 0) -> KvmVcpu:
+        """KVM_CREATE_VCPU (``dirty_ring_bytes``: the size enable_dirty_ring set)."""
         fd = _ioctl(self.fd, abi.KVM_CREATE_VCPU, index, "KVM_CREATE_VCPU")
-        return KvmVcpu(self, fd)
+        return KvmVcpu(self, fd, dirty_ring_bytes)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -120,7 +146,7 @@ class KvmVm:
 class KvmVcpu:
     """One vCPU file descriptor and its shared kvm_run page."""
 
-    def __init__(self, vm: KvmVm, fd: int) -> None:
+    def __init__(self, vm: KvmVm, fd: int, dirty_ring_bytes: int = 0) -> None:
         self.vm = vm
         self.fd = fd
         size = vm.system.vcpu_mmap_size()
@@ -128,6 +154,18 @@ class KvmVcpu:
         # The kvm_run struct lives at offset 0 of this mapping for as long as
         # the mapping is open; from_buffer keeps the mmap exported (alive).
         self.run_struct = abi.KvmRun.from_buffer(self._map)
+        # The dirty ring: an array of struct kvm_dirty_gfn shared with the
+        # kernel, KVM_DIRTY_LOG_PAGE_OFFSET pages into the vCPU fd's mapping
+        # space (Documentation/virt/kvm/api.rst, KVM_CAP_DIRTY_LOG_RING).
+        self.dirty_ring: mmap.mmap | None = None
+        if dirty_ring_bytes:
+            try:
+                self.dirty_ring = mmap.mmap(fd, dirty_ring_bytes, mmap.MAP_SHARED,
+                                            mmap.PROT_READ | mmap.PROT_WRITE,
+                                            offset=abi.KVM_DIRTY_LOG_PAGE_OFFSET
+                                            * mmap.PAGESIZE)
+            except OSError as err:
+                raise KvmError(f"could not map the dirty ring: {err.strerror}") from err
 
     @property
     def run_page(self) -> mmap.mmap:
@@ -181,6 +219,8 @@ class KvmVcpu:
             return InterruptedExit()
         if reason == abi.KVM_EXIT_SHUTDOWN:
             return ShutdownExit()
+        if reason == abi.KVM_EXIT_DIRTY_RING_FULL:
+            return DirtyRingFullExit()
         name = abi.EXIT_NAMES.get(reason, str(reason))
         if reason == abi.KVM_EXIT_INTERNAL_ERROR:
             name += f" (suberror {run.exit.internal.suberror})"
@@ -191,4 +231,6 @@ class KvmVcpu:
     def close(self) -> None:
         self.run_struct = None  # type: ignore[assignment]  # drop the export
         self._map.close()
+        if self.dirty_ring is not None:
+            self.dirty_ring.close()
         os.close(self.fd)

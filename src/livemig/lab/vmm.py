@@ -65,13 +65,19 @@ class VmmKind:
     label: str
     binary: str
     accel: str
+    accel_props: str = ""  # e.g. "dirty-ring-size=4096": then -accel ACCEL,PROPS
 
     @property
     def is_qemu(self) -> bool:
         return Path(self.binary).name.startswith("qemu")
 
     def accel_args(self) -> list[str]:
+        if self.accel_props:
+            return ["-accel", f"{self.accel},{self.accel_props}"]
         return ["-machine", f"accel={self.accel}"]
+
+    def with_accel_props(self, props: str) -> VmmKind:
+        return VmmKind(self.label, self.binary, self.accel, props)
 
 
 def kvm_usable() -> str | None:

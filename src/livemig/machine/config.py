@@ -24,3 +24,4 @@ class MachineConfig:
     debug_exit: DebugExitConfig | None = None
     no_reboot: bool = False
     uuid: str | None = None  # -uuid, lower-case canonical form; None: not set
+    kvm_dirty_ring_size: int = 0  # -accel kvm,dirty-ring-size=N (entries per vCPU)

@@ -24,12 +24,15 @@ from ..accel import (
 from ..devices import IoBus, IsaDebugExit, RegisterState, SystemControlPortA, Uart16550
 from ..errors import DeviceError, MachineError
 from ..memory import GuestRam
+from ..memory.shared_tracking import SharedTracking
 from .config import MachineConfig
+from .dirty_limit import DirtyLimiter
 from .runstate import NEEDS_RESET, RunState
 from .vcpu import VcpuThread
 
 if TYPE_CHECKING:
     from ..memory.dirty import DirtyTracker
+    from ..memory.shared_tracking import DirtyReader
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +67,15 @@ class Machine:
             self.bus.map(config.debug_exit.iobase, config.debug_exit.iosize,
                          IsaDebugExit(exit_process))
         self._reset_requested = threading.Event()
-        self.accel_name, self.accel = create_first(config.accelerators, self.ram, self.bus)
+        self.accel_name, self.accel = create_first(config.accelerators, self.ram, self.bus,
+                                                   config.kvm_dirty_ring_size)
         self.vcpu: VcpuThread | None = None
         if self.accel is not None:
             self.vcpu = VcpuThread(self.accel, 0, self._after_run)
+        self.dirty_tracking = SharedTracking(self._make_dirty_tracker)
+        self._cpu_throttle = 0        # auto-converge's percentage
+        self._limit_sleep = 0.0       # the dirty limiter's, percent
+        self.dirty_limiter = DirtyLimiter(self.dirty_tracking, 1, self._set_limit_sleep)
         self._load_boot_sector()
         self.runstate = RunState.PRELAUNCH
         self.autostart = not config.start_paused
@@ -160,12 +168,23 @@ class Machine:
 
     def set_cpu_throttle(self, percent: int) -> None:
         """auto-converge: the vCPU sleeps ``percent``% of the time (0: none)."""
-        if self.vcpu is not None:
-            self.vcpu.set_throttle(percent)
+        self._cpu_throttle = percent
+        self._apply_throttle()
 
     @property
     def cpu_throttle(self) -> int:
-        return self.vcpu.throttle if self.vcpu is not None else 0
+        """auto-converge's percentage (cpu-throttle-percentage)."""
+        return self._cpu_throttle if self.vcpu is not None else 0
+
+    def _set_limit_sleep(self, percent: float) -> None:
+        self._limit_sleep = percent
+        self._apply_throttle()
+
+    def _apply_throttle(self) -> None:
+        # Both may be set at once (a manual dirty limit under an auto-converge
+        # migration): the vCPU sleeps the larger share.
+        if self.vcpu is not None:
+            self.vcpu.set_throttle(max(float(self._cpu_throttle), self._limit_sleep))
 
     # --- reset and shutdown --------------------------------------------------------
     def system_reset(self, reason: str = "host-qmp-system-reset", guest: bool = False) -> None:
@@ -219,6 +238,7 @@ class Machine:
         self.shutdown_requested.set()
 
     def close(self) -> None:
+        self.dirty_limiter.stop()
         if self.vcpu is not None:
             self.vcpu.shutdown()
         if self.accel is not None:
@@ -260,12 +280,21 @@ class Machine:
             for name, state in states.items():
                 devices[name].from_state(state)
 
-    def dirty_tracker(self) -> DirtyTracker:
+    def dirty_tracker(self) -> DirtyReader:
+        """A reader of the VM's dirty tracking (see memory/shared_tracking.py):
+        migration, calc-dirty-rate and the dirty limiter each take one."""
+        return self.dirty_tracking.reader()
+
+    def _make_dirty_tracker(self) -> DirtyTracker:
         """The tracker that sees the guest's writes under this accelerator."""
         if self.accel is not None:
             return self.accel.dirty_tracker(self.ram)
         from ..memory.dirty import process_tracker
         return process_tracker(self.ram)
+
+    def dirty_ring_counts(self) -> list[int] | None:
+        """Pages taken from each vCPU's KVM dirty ring so far; None without one."""
+        return self.accel.dirty_ring_counts() if self.accel is not None else None
 
     @property
     def vcpu_thread_id(self) -> int:

@@ -1,11 +1,11 @@
 """The decision after every dirty sync of a precopy migration: go on,
-throttle the guest, or switch over.
+throttle the guest (CPU throttle or dirty limit), or switch over.
 
 One small protocol: after each pass the source builds a :class:`PassReport`
 (what the pass did and what is left) and asks its policy to ``decide``; the
 answer is a :class:`Decision`. The source obeys it and records both in
 ``query-migrate``'s ``livemig-passes`` list. QEMU's behaviour is the default
-policy, :class:`QemuPolicy`, auto-converge included. Shipped besides:
+policy, :class:`QemuPolicy`, auto-converge and dirty-limit included. Shipped besides:
 :class:`AutoPostcopy` and :class:`Deadline`. The migration parameter
 ``livemig-convergence-policy`` picks one by name, or a user's class by
 ``module:Class`` or by the name of an entry point in the group
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-Action = Literal["continue", "throttle", "switchover", "postcopy"]
+Action = Literal["continue", "throttle", "limit", "switchover", "postcopy"]
 
 # QEMU evaluates auto-converge over periods of at least this long.
 THROTTLE_PERIOD_S = 1.0
@@ -63,10 +63,13 @@ class Decision:
     action: Action
     throttle: int = 0            # for "throttle": the new percentage
     reason: str = ""
+    dirty_limit: int = 0         # for "limit": every vCPU's quota, MB/s
 
     def describe(self) -> str:
         if self.action == "throttle":
             return f"throttle {self.throttle}%"
+        if self.action == "limit":
+            return f"dirty-limit {self.dirty_limit} MB/s"
         return self.action
 
 
@@ -86,7 +89,8 @@ class QemuPolicy:
     the guest: cpu-throttle-initial at first, then up by
     cpu-throttle-increment (with cpu-throttle-tailslow, by no more than what
     would bring the dirty rate down to the threshold), at most
-    max-cpu-throttle."""
+    max-cpu-throttle. With dirty-limit (QEMU 8.1), the same trigger limits
+    every vCPU to vcpu-dirty-limit MB/s instead."""
 
     def __init__(self) -> None:
         self._period_s = 0.0
@@ -98,7 +102,7 @@ class QemuPolicy:
                caps: dict[str, bool]) -> Decision:
         if report.expected_downtime_ms <= report.downtime_limit_ms:
             return Decision("switchover")
-        if not caps.get("auto-converge"):
+        if not (caps.get("auto-converge") or caps.get("dirty-limit")):
             return Decision("continue")
         self._period_s += report.duration_s
         self._period_sent += max(report.sent, report.moved)
@@ -114,6 +118,9 @@ class QemuPolicy:
         if self._high < 2:
             return Decision("continue")
         self._high = 0
+        if caps.get("dirty-limit"):
+            return Decision("limit", reason=f"dirtied {dirtied} bytes against a threshold of "
+                            f"{int(threshold)}", dirty_limit=int(params["vcpu-dirty-limit"]))
         return Decision("throttle", self._next_throttle(report.throttle, dirtied, threshold,
                                                         params),
                         f"dirtied {dirtied} bytes against a threshold of {int(threshold)}")
@@ -139,10 +146,17 @@ class PassLog:
 
     def __init__(self) -> None:
         self.entries: list[tuple[PassReport, Decision]] = []
+        self.limits = 0  # "limit" decisions, ever (entries keep only the newest)
 
     def record(self, report: PassReport, decision: Decision) -> None:
         self.entries.append((report, decision))
         del self.entries[:-self.MAX_ENTRIES]
+        self.limits += decision.action == "limit"
+
+    @property
+    def limited(self) -> bool:
+        """A dirty limit was set by this migration (and ends with it)."""
+        return self.limits > 0
 
     def to_qmp(self) -> list[dict[str, Any]]:
         return [{"pass": r.number, "duration-ms": round(r.duration_s * 1000, 1),

@@ -8,12 +8,14 @@ measured over ``calc-time`` seconds, as QEMU 7.2 measures it.
   distinct pages changed, as QEMU's does (a page written twice counts once,
   a write of the same bytes not at all). QEMU skips RAM blocks under 128 MiB;
   livemig samples any size.
-- ``dirty-bitmap``: the accelerator's own dirty tracking (the KVM dirty log,
-  or userfaultfd write-protect under tcg) counts every page written during
-  calc-time. It shares the tracker with migration, so neither runs while
-  the other does.
-- ``dirty-ring``: needs KVM's dirty ring, which livemig does not enable:
-  refused as QEMU refuses it without one.
+- ``dirty-bitmap``: the accelerator's own dirty tracking (the KVM dirty log
+  or ring, or userfaultfd write-protect under tcg) counts every page written
+  during calc-time. It reads the VM's shared dirty tracking, so it runs
+  beside a migration or the dirty limiter.
+- ``dirty-ring``: KVM's dirty ring (``-accel kvm,dirty-ring-size=N``) counts
+  the entries each vCPU added during calc-time, as QEMU's does (a page
+  written again after a harvest counts again); the answer gains
+  ``vcpu-dirty-rate``. Refused without a ring, with QEMU's words.
 
 The answer is in MiB/s, which QEMU calls MB/s.
 """
@@ -46,6 +48,7 @@ class DirtyRateResult:
     start_time: int = 0           # seconds on the monotonic clock, as QEMU's
     calc_time: int = 0
     rate: int | None = None       # MiB/s
+    vcpu_rates: list[int] | None = None  # dirty-ring mode: MiB/s per vCPU
 
     def to_qmp(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "sample-pages": self.sample_pages,
@@ -53,6 +56,9 @@ class DirtyRateResult:
                                "calc-time": self.calc_time}
         if self.rate is not None and self.status == "measured":
             out["dirty-rate"] = self.rate
+            if self.vcpu_rates is not None:
+                out["vcpu-dirty-rate"] = [{"id": index, "dirty-rate": rate}
+                                          for index, rate in enumerate(self.vcpu_rates)]
         return out
 
 
@@ -64,15 +70,13 @@ class DirtyRateMeter:
         self._lock = threading.Lock()
         self.result = DirtyRateResult()
         self._stop = threading.Event()
-        self.using_tracker = False  # dirty-bitmap mode holds the dirty tracker
 
     @property
     def measuring(self) -> bool:
         return self.result.status == "measuring"
 
-    def start(self, calc_time: int, sample_pages: int | None, mode: str,
-              tracker_busy: bool) -> None:
-        """calc-dirty-rate. ``tracker_busy``: a migration holds the dirty tracker."""
+    def start(self, calc_time: int, sample_pages: int | None, mode: str) -> None:
+        """calc-dirty-rate."""
         low, high = CALC_TIME_RANGE
         if not low <= calc_time <= high:
             raise MigrationError(f"calc-time is out of range[{low}, {high}].")
@@ -82,11 +86,8 @@ class DirtyRateMeter:
                 raise MigrationError("either sample-pages or dirty-ring can be specified.")
             if not low <= sample_pages <= high:
                 raise MigrationError(f"sample-pages is out of range[{low}, {high}].")
-        if mode == "dirty-ring":
+        if mode == "dirty-ring" and self._machine.dirty_ring_counts() is None:
             raise MigrationError("mode dirty-ring is not enabled, use other method instead.")
-        if mode == "dirty-bitmap" and tracker_busy:
-            raise MigrationError("calc-dirty-rate in dirty-bitmap mode needs the dirty "
-                                 "tracker, which a migration is using")
         with self._lock:
             if self.measuring:
                 raise MigrationError("the dirty rate is already being measured.")
@@ -95,7 +96,6 @@ class DirtyRateMeter:
                 sample_pages if sample_pages is not None else
                 (SAMPLE_PAGES_DEFAULT if mode == "page-sampling" else 0),
                 int(time.monotonic()), calc_time)
-            self.using_tracker = mode == "dirty-bitmap"
             self._stop.clear()
         jobthread.start("dirtyrate", self._run, self._crashed)
 
@@ -105,17 +105,23 @@ class DirtyRateMeter:
 
     def _run(self) -> None:
         result = self.result
-        try:
-            if result.mode == "dirty-bitmap":
-                pages = self._bitmap_pages(result.calc_time)
-            else:
-                pages = self._sampled_pages(result.calc_time, result.sample_pages)
-        finally:
-            self.using_tracker = False
-        rate = pages * PAGE_SIZE / (1 << 20) / result.calc_time
+        vcpu_rates = None
+        if result.mode == "dirty-bitmap":
+            pages: float = self._bitmap_pages(result.calc_time)
+        elif result.mode == "dirty-ring":
+            vcpu_pages = self._ring_pages(result.calc_time)
+            vcpu_rates = [self._rate(count, result.calc_time) for count in vcpu_pages]
+            pages = sum(vcpu_pages)
+        else:
+            pages = self._sampled_pages(result.calc_time, result.sample_pages)
         with self._lock:
-            result.rate = round(rate)  # QEMU answers in whole MB/s
+            result.rate = self._rate(pages, result.calc_time)
+            result.vcpu_rates = vcpu_rates
             result.status = "measured"
+
+    @staticmethod
+    def _rate(pages: float, calc_time: int) -> int:
+        return round(pages * PAGE_SIZE / (1 << 20) / calc_time)  # whole MB/s, as QEMU
 
     def _crashed(self, err: BaseException) -> None:
         # A failed measurement ends as an answer of 0, status measured, so
@@ -123,7 +129,6 @@ class DirtyRateMeter:
         with self._lock:
             self.result.rate = 0
             self.result.status = "measured"
-        self.using_tracker = False
 
     def _sampled_pages(self, calc_time: int, per_gib: int) -> float:
         """Estimated pages changed in calc_time, from a random sample."""
@@ -148,10 +153,23 @@ class DirtyRateMeter:
         """Pages written in calc_time, by the accelerator's dirty tracking."""
         import numpy as np
 
-        tracker = self._machine.dirty_tracker()
-        tracker.start()
+        reader = self._machine.dirty_tracker()
+        reader.start()
         try:
             self._stop.wait(calc_time)
-            return int(np.count_nonzero(tracker.sync()))
+            return int(np.count_nonzero(reader.sync()))
         finally:
-            tracker.stop()
+            reader.stop()
+
+    def _ring_pages(self, calc_time: int) -> list[int]:
+        """Dirty-ring entries each vCPU added in calc_time."""
+        reader = self._machine.dirty_tracker()
+        reader.start()  # arms the ring (or harvests it, if already armed)
+        try:
+            before = self._machine.dirty_ring_counts() or []
+            self._stop.wait(calc_time)
+            reader.sync()  # harvests every ring
+            after = self._machine.dirty_ring_counts() or []
+        finally:
+            reader.stop()
+        return [end - start for start, end in zip(before, after, strict=True)]

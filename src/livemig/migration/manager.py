@@ -107,9 +107,6 @@ class MigrationManager:
             raise MigrationError("Guest is waiting for an incoming migration")
         self._refuse_if_busy()
         self._wait_for_cleanup()
-        if self._dirty_rate is not None and self._dirty_rate.using_tracker:
-            raise MigrationError("calc-dirty-rate in dirty-bitmap mode is using the dirty "
-                                 "tracker: migrate when it has measured")
         asked = time.monotonic()  # total-time counts from here, as QEMU's does,
         from .outgoing import OutgoingMigration  # so the first migrate's imports count
         from .tls import TlsConfig
@@ -230,6 +227,34 @@ class MigrationManager:
             os.close(fd)
         self.fds.clear()
 
+    # --- dirty limit (set/cancel/query-vcpu-dirty-limit) ------------------------------
+    def _refuse_limit_change(self, verb: str) -> None:
+        """QEMU 8.1: a dirty-limit migration owns the limits while it runs."""
+        if (self.busy and self.settings.caps["dirty-limit"]
+                and self.machine.dirty_limiter.in_service):
+            raise MigrationError(f"can't {verb} dirty page rate limit while migration is "
+                                 "running")
+
+    def set_vcpu_dirty_limit(self, rate: int, cpu: int | None) -> None:
+        limiter = self.machine.dirty_limiter
+        if cpu is not None and not limiter.valid_index(cpu):
+            raise MigrationError("incorrect cpu index specified")
+        self._refuse_limit_change("set")
+        if rate == 0:
+            limiter.cancel(cpu)  # QEMU: a rate of 0 cancels
+        else:
+            limiter.set(rate, cpu)
+
+    def cancel_vcpu_dirty_limit(self, cpu: int | None) -> None:
+        limiter = self.machine.dirty_limiter
+        if cpu is not None and not limiter.valid_index(cpu):
+            raise MigrationError("incorrect cpu index specified")
+        self._refuse_limit_change("cancel")
+        limiter.cancel(cpu)
+
+    def query_vcpu_dirty_limit(self) -> list[dict[str, int]]:
+        return self.machine.dirty_limiter.info()
+
     # --- dirty rate ------------------------------------------------------------------
     def calc_dirty_rate(self, calc_time: int, sample_pages: int | None, mode: str) -> None:
         """calc-dirty-rate: start a measurement (see dirtyrate.py)."""
@@ -237,7 +262,7 @@ class MigrationManager:
 
         if self._dirty_rate is None:
             self._dirty_rate = DirtyRateMeter(self.machine)
-        self._dirty_rate.start(calc_time, sample_pages, mode, tracker_busy=self.busy)
+        self._dirty_rate.start(calc_time, sample_pages, mode)
 
     def query_dirty_rate(self) -> dict[str, Any]:
         if self._dirty_rate is None:

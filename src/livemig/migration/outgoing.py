@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import LivemigError, MigrationError
 from ..machine import Machine, RunState
+from ..machine.dirty_limit import DEFAULT_PERIOD_MS as DEFAULT_LIMIT_PERIOD_MS
 from ..memory import PAGE_SIZE
 from ..memory.dirty import DirtyTracker
 from . import faults, jobthread, state
@@ -232,6 +233,9 @@ class OutgoingMigration:
                 self._end(S.FAILED)
         finally:
             self.machine.set_cpu_throttle(0)  # the throttle ends with the job, as QEMU's
+            if self.passes.limited:  # and so does a dirty limit the job set
+                self.machine.dirty_limiter.cancel()
+                self.machine.dirty_limiter.period_ms = DEFAULT_LIMIT_PERIOD_MS
             if tracker is not None:
                 try:
                     tracker.stop()
@@ -445,6 +449,14 @@ class OutgoingMigration:
         if decision.action == "throttle":
             self.machine.set_cpu_throttle(decision.throttle)
             log.info("auto-converge: guest throttled to %d%%", decision.throttle)
+        elif decision.action == "limit":
+            if decision.dirty_limit < 1:
+                raise MigrationError("convergence policy asked for a dirty limit under "
+                                     "1 MB/s")
+            limiter = self.machine.dirty_limiter
+            limiter.period_ms = int(self.settings.params["x-vcpu-dirty-limit-period"])
+            limiter.set(decision.dirty_limit)
+            log.info("dirty-limit: every vCPU limited to %d MB/s", decision.dirty_limit)
         elif decision.action == "postcopy":
             if not self.settings.caps["postcopy-ram"]:
                 raise MigrationError("convergence policy asked for postcopy, but the "
@@ -619,6 +631,10 @@ class OutgoingMigration:
         throttle = self.machine.cpu_throttle
         if throttle and self.status.in_progress:
             info["cpu-throttle-percentage"] = throttle
+        limiter = self.machine.dirty_limiter
+        if self.settings.caps["dirty-limit"] and limiter.in_service and self.status.in_progress:
+            info["dirty-limit-throttle-time-per-round"] = limiter.throttle_time_per_round_us()
+            info["dirty-limit-ring-full-time"] = limiter.ring_full_time_us()
         if self.passes.entries:
             info["livemig-passes"] = self.passes.to_qmp()
         if self.settings.caps["xbzrle"]:

@@ -48,6 +48,10 @@ PARAMETERS: dict[str, tuple[Any, Any]] = {
     "multifd-compression": (MULTIFD_COMPRESSION, "none"),
     "multifd-zlib-level": ("uint8", 1),
     "multifd-zstd-level": ("uint8", 1),
+    # QEMU 8.1's dirty-limit: the limiter's period (ms) during a dirty-limit
+    # migration, and the quota (MB/s) the migration sets on every vCPU.
+    "x-vcpu-dirty-limit-period": ("uint64", 1000),
+    "vcpu-dirty-limit": ("uint64", 1),
     # livemig's own (docs/convergence.md): the convergence policy, and the
     # deadline policy's total time in ms (0: none).
     "livemig-convergence-policy": ("str", "qemu"),
@@ -59,7 +63,7 @@ CAPABILITIES = (
     "postcopy-ram", "x-colo", "release-ram", "block", "return-path",
     "pause-before-switchover", "multifd", "dirty-bitmaps", "postcopy-blocktime",
     "late-block-activate", "x-ignore-shared", "validate-uuid", "background-snapshot",
-    "zero-copy-send", "postcopy-preempt",
+    "zero-copy-send", "postcopy-preempt", "dirty-limit",
 )
 # Capabilities that change what goes on the wire and are not implemented:
 # refused when enabled, rather than silently ignored.
@@ -96,7 +100,19 @@ def _max_cpu_throttle(params: dict[str, Any]) -> None:
                              "of cpu_throttle_initial to 99")
 
 
-# QEMU 7.2's migrate_params_check, in its order.
+def _dirty_limit_period(params: dict[str, Any]) -> None:
+    if not 1 <= params["x-vcpu-dirty-limit-period"] <= 1000:
+        raise MigrationError("Parameter 'x-vcpu-dirty-limit-period' expects a value between "
+                             "1 and 1000")
+
+
+def _vcpu_dirty_limit(params: dict[str, Any]) -> None:
+    if params["vcpu-dirty-limit"] < 1:
+        raise MigrationError("Parameter 'vcpu_dirty_limit' expects is invalid, it must "
+                             "greater then 1 MB/S")  # QEMU 8.1's words, as they are
+
+
+# QEMU 7.2's migrate_params_check, in its order (8.1's dirty-limit checks last).
 CHECKS: tuple[Callable[[dict[str, Any]], None], ...] = (
     _between("compress-level", 0, 9, "a value between 0 and 9"),
     _between("compress-threads", 1, 255, "a value between 1 and 255"),
@@ -117,6 +133,8 @@ CHECKS: tuple[Callable[[dict[str, Any]], None], ...] = (
     _between("announce-max", 0, 100000, "a value between 0 and 100000"),
     _between("announce-rounds", 0, 1000, "a value between 0 and 1000"),
     _between("announce-step", 1, 10000, "a value between 0 and 10000"),
+    _dirty_limit_period,
+    _vcpu_dirty_limit,
 )
 
 
@@ -156,5 +174,10 @@ class Settings:
                 raise MigrationError(f"Parameter 'capability' does not accept value '{name}'")
             if item["state"] and name in UNSUPPORTED:
                 raise MigrationError(f"Capability '{name}' is not supported by livemig")
-        for item in changes:
-            self.caps[item["capability"]] = bool(item["state"])
+        merged = {**self.caps, **{item["capability"]: bool(item["state"]) for item in changes}}
+        if merged["dirty-limit"] and merged["auto-converge"]:
+            # QEMU 8.1's check and words. (It also wants KVM with a dirty
+            # ring; livemig limits from its own tracking on any accelerator.)
+            raise MigrationError("dirty-limit conflicts with auto-converge either of then "
+                                 "available currently")
+        self.caps.update(merged)
