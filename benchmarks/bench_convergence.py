@@ -7,10 +7,12 @@ and calc-dirty-rate accuracy.
    ``--rate`` (default 40 MiB/s), about twice ``--link`` (max-bandwidth,
    default 20 MB/s), tcg, unix socket: with auto-converge, time to complete,
    the final throttle and the downtime, livemig vs QEMU. Then livemig's
-   ``auto-postcopy`` and ``deadline`` (deadline: 10 s) policies on the same
-   guest (QEMU has no equivalent: livemig alone).
+   ``auto-postcopy`` and ``deadline`` (deadline: 10 s) policies, and the
+   ``dirty-limit`` capability (vcpu-dirty-limit 5 MB/s, period 500 ms), on
+   the same guest (QEMU 7.2 has no equivalent: livemig alone).
 2. calc-dirty-rate (page-sampling, 3 s, 16384 pages/GiB) on workload guests
-   paced at 8 and 20 MiB/s in 160 MiB: error against the known rate.
+   paced at 8 and 20 MiB/s in 160 MiB (a dword stamp a page, so a page
+   rewritten a lap later differs): error against the known rate.
 
 livemig and QEMU run in turn; the ratio column is livemig / QEMU.
 """
@@ -28,7 +30,7 @@ from livemig.lab import Vm, VmLauncher, VmmKind, wait_until
 
 def _start(lab: VmLauncher, kind: VmmKind, name: str, params: DirtyParams, ram: str,
            extra: list[str] | None = None) -> Vm:
-    path = lab.workdir / f"dirty-{params.rate}.img"
+    path = lab.workdir / f"dirty-{params.rate}-{params.write_bytes}.img"
     if not path.exists():
         path.write_bytes(image(params))
     return lab.start(kind, name, ram=ram, image=path, extra=extra)
@@ -49,12 +51,13 @@ def converge(kind: VmmKind, rate: float, link: int, caps: list[str],
                    capabilities=[{"capability": c, "state": True} for c in caps])
         src.cmd("migrate-set-parameters", **{"max-bandwidth": link, **params})
         src.wait_serial(b"B", timeout=120)  # every page of the set written once
-        throttle = 0
+        throttle = sleep_us = 0
 
         def done() -> dict[str, Any] | None:
-            nonlocal throttle
+            nonlocal throttle, sleep_us
             info = src.cmd("query-migrate")
             throttle = max(throttle, info.get("cpu-throttle-percentage", 0))
+            sleep_us = max(sleep_us, info.get("dirty-limit-throttle-time-per-round", 0))
             if info["status"] == "failed":
                 raise SystemExit(f"{kind.label}: failed: {info.get('error-desc')}")
             return info if info["status"] == "completed" else None
@@ -65,7 +68,7 @@ def converge(kind: VmmKind, rate: float, link: int, caps: list[str],
         wall = time.perf_counter() - started
         return {"total-time": info["total-time"] / 1000, "wall": wall,
                 "downtime": info["downtime"], "throttle": throttle,
-                "passes": info["ram"]["dirty-sync-count"]}
+                "limit sleep": sleep_us / 1000, "passes": info["ram"]["dirty-sync-count"]}
     finally:
         lab.close()
 
@@ -74,7 +77,8 @@ def dirty_rate_error(kind: VmmKind) -> dict[str, float]:
     """calc-dirty-rate on two paced guests at once: % error against each rate."""
     lab = VmLauncher()
     try:
-        vms = {rate: _start(lab, kind, f"g{rate}", DirtyParams(wss_mib=64, rate=rate), "160M")
+        vms = {rate: _start(lab, kind, f"g{rate}",
+                            DirtyParams(wss_mib=64, rate=rate, write_bytes=4), "160M")
                for rate in (8, 20)}
         for vm in vms.values():
             vm.wait_serial(b"A", timeout=120)
@@ -99,7 +103,7 @@ def main() -> None:
     link = int(args.link * 1e6)
     ours, theirs = kinds("tcg")
     units = {"total-time": "s", "wall": "s", "downtime": "ms", "throttle": "%",
-             "passes": ""}
+             "limit sleep": "ms", "passes": ""}
     auto = ["auto-converge"]
     a, b = alternate(args.runs, lambda: converge(ours, args.rate, link, auto, {}),
                      (lambda: converge(theirs, args.rate, link, auto, {})) if theirs else None)
@@ -107,7 +111,9 @@ def main() -> None:
     for name, caps, params in (
             ("auto-postcopy", ["postcopy-ram"], {"livemig-convergence-policy": "auto-postcopy"}),
             ("deadline 10 s", [], {"livemig-convergence-policy": "deadline",
-                                   "livemig-deadline": 10_000})):
+                                   "livemig-deadline": 10_000}),
+            ("dirty-limit 5 MB/s", ["dirty-limit"], {"vcpu-dirty-limit": 5,
+                                                      "x-vcpu-dirty-limit-period": 500})):
         a, _ = alternate(args.runs, lambda caps=caps, params=params:
                          converge(ours, args.rate, link, caps, params), None)
         report(f"livemig {name}: guest at {args.rate:g} MiB/s, link {args.link:g} MB/s "

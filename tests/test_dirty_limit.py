@@ -26,7 +26,7 @@ from livemig.lab.checks import check_dirty_ram, dirty_write_rate
 RING = "dirty-ring-size=4096"
 # Four bytes a page: the first dword is the write's sequence number, so a
 # page rewritten a set later differs and page-sampling sees it.
-GUEST = DirtyParams(wss_mib=64, rate=20, write_bytes=4)
+GUEST = DirtyParams(wss_mib=32, rate=20, write_bytes=4)
 LIMIT = 5  # MB/s
 
 _no_kvm = pytest.mark.skipif(KVM_PROBLEM is not None, reason=f"KVM unusable: {KVM_PROBLEM}")
@@ -48,7 +48,7 @@ def _measured(vm: Vm, **args: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("kind", LIMITED_KINDS)
 def test_a_limit_holds_the_rate_and_cancel_lifts_it(kind: VmmKind, lab: VmLauncher) -> None:
-    vm = start_dirty(lab, kind, "g", GUEST, ram="160M")
+    vm = start_dirty(lab, kind, "g", GUEST)
     vm.wait_serial(b"A", timeout=60 * slowdown(kind))
     assert vm.cmd("query-vcpu-dirty-limit") == []
     with pytest.raises(LabError, match="incorrect cpu index specified"):
@@ -70,7 +70,7 @@ def test_a_limit_holds_the_rate_and_cancel_lifts_it(kind: VmmKind, lab: VmLaunch
         # livemig settles on the quota in a few of its 1 s periods.
         wait_until(lambda: abs(vm.cmd("query-vcpu-dirty-limit")[0]["current-rate"] - LIMIT)
                    <= 1, 30, "the limiter to settle")
-        answer = _measured(vm, **{"calc-time": 3, "sample-pages": 16384})
+        answer = _measured(vm, **{"calc-time": 2, "sample-pages": 16384})
         assert answer["dirty-rate"] == pytest.approx(LIMIT, rel=0.2), answer
     vm.cmd("cancel-vcpu-dirty-limit")
     assert vm.cmd("query-vcpu-dirty-limit") == []

@@ -1,5 +1,6 @@
 """Postcopy's QMP surface outside the happy path: command errors, starting
-postcopy before migrate, and double failures during recovery."""
+postcopy before migrate or before the first pass ends, and double failures
+during recovery."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 from pathlib import Path
 
 from conftest import slowdown
-from migration_helpers import migrate, start_dest, wait_for_status
+from migration_helpers import check_guests_ram, migrate, start_dest, wait_for_status
 from postcopy_helpers import (
     postcopy_complete,
     postcopy_prepare,
@@ -64,6 +65,31 @@ def test_start_postcopy_after_completion_does_not_arm_the_next(vmm_any_accel: Vm
         dst.quit()
         if index == 0:
             src.cmd("cont")  # postmigrate -> running, for the second migration
+
+
+def test_postcopy_switches_as_soon_as_asked(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    """Over a 5 MB/s link a first pass of this guest takes half a minute:
+    migrate-start-postcopy right after migrate switches within the first
+    pass (dirty-sync-count still 1), as QEMU does, and the rest of RAM
+    comes by postcopy (unpaced: max-postcopy-bandwidth is 0)."""
+    kind = vmm_any_accel
+    uri = f"unix:{lab.workdir / 'mig.sock'}"
+    src = lab.start(kind, "src")
+    dst = start_dest(lab, kind, "dst", uri)
+    for vm in (src, dst):
+        set_capability(vm, "postcopy-ram")
+    set_parameter(src, "max-bandwidth", 5_000_000)
+    src.wait_serial(b"B", timeout=60 * slowdown(kind))
+    migrate(src, uri)
+    wait_for_status(src, "active", timeout=30)
+    src.cmd("migrate-start-postcopy")
+    info = wait_for_status(src, "postcopy-active", timeout=10 * slowdown(kind))
+    assert info["ram"]["dirty-sync-count"] <= 2, info  # the switch's own sync, at most
+    assert info["ram"]["transferred"] < 100 << 20, info  # far from a whole pass
+    wait_for_status(src, "completed", timeout=60 * slowdown(kind))
+    wait_for_status(dst, "completed", timeout=60 * slowdown(kind))
+    dst.cmd("stop")
+    check_guests_ram(dst)
 
 
 def _fake_peer(path: str, payload: bytes) -> threading.Thread:

@@ -322,9 +322,10 @@ class OutgoingMigration:
 
     # --- precopy ----------------------------------------------------------------------------
     def _may_switch_to_postcopy(self) -> bool:
-        """The one rule: asked for, allowed by the capability, first pass done."""
-        return (self.settings.caps["postcopy-ram"] and self._postcopy_requested.is_set()
-                and self.stats.dirty_sync_count > 1)
+        """The one rule: asked for and allowed by the capability. As QEMU, at
+        any point of any pass: every page not sent yet is in the need set,
+        and the destination fetches it after the switch."""
+        return self.settings.caps["postcopy-ram"] and self._postcopy_requested.is_set()
 
     def _precopy(self, tracker: DirtyTracker) -> np.ndarray:
         """Live passes until the rest fits in downtime-limit; return what is
@@ -499,13 +500,14 @@ class OutgoingMigration:
         self.times.downtime_ms = int((time.monotonic() - stopped_at) * 1000)
         self._end(S.COMPLETED)
 
-    def _pause_before_switchover(self) -> None:
+    def _pause_before_switchover(self, then: Status = S.DEVICE) -> None:
         """The guest is stopped: wait in pre-switchover for migrate-continue
-        (or a cancel), then send the rest in the device status."""
+        (or a cancel), then go on in ``then``: device (the rest of a
+        precopy), or postcopy-active (a postcopy switch, as QEMU)."""
         if not self.status.transition(S.ACTIVE, S.PRE_SWITCHOVER):
             raise Cancelled()
         self._switchover_go.wait()
-        if not self.status.transition(S.PRE_SWITCHOVER, S.DEVICE):
+        if not self.status.transition(S.PRE_SWITCHOVER, then):
             raise Cancelled()
 
     # --- postcopy ---------------------------------------------------------------------------
@@ -515,10 +517,16 @@ class OutgoingMigration:
         postcopy sub-machine sends the rest."""
         channel = self._channel
         assert channel is not None
-        if not self.status.transition(S.ACTIVE, S.POSTCOPY_ACTIVE):
-            raise Cancelled()  # QEMU's order: the status first, then STOP
+        # QEMU's order: the status first, then STOP; with the pause, STOP,
+        # pre-switchover, and postcopy-active once migrate-continue comes
+        # (a cancel before then resumes the guest here).
+        pause = self.settings.caps["pause-before-switchover"]
+        if not pause and not self.status.transition(S.ACTIVE, S.POSTCOPY_ACTIVE):
+            raise Cancelled()
         was_running = self._stop_guest()
         stopped_at = time.monotonic()
+        if pause:
+            self._pause_before_switchover(then=S.POSTCOPY_ACTIVE)
         self._barrier("downtime", last=True)  # postcopy pages go on the main channel
         self._close_multifd()
         need = pending | tracker.sync()
