@@ -187,3 +187,57 @@ def test_limiter_refuses_a_cpu_it_does_not_have() -> None:
     with pytest.raises(MachineError, match="incorrect cpu index specified"):
         limiter.set(5, cpu=1)
     assert limiter.info() == [] and not limiter.in_service
+
+
+class FakeAccel:
+    """Runs until kicked; counts the time spent running."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        import threading
+
+        self._kicked = threading.Event()
+        self.ran = 0.0
+
+    def arm(self) -> None:
+        self._kicked.clear()
+
+    def kick(self) -> None:
+        self._kicked.set()
+
+    def run(self):  # type: ignore[no-untyped-def]
+        import time
+
+        from livemig.accel import Kicked
+
+        start = time.monotonic()
+        self._kicked.wait(1.0)
+        self.ran += time.monotonic() - start
+        return Kicked()
+
+
+@pytest.mark.parametrize("percent", [75, 90])
+def test_the_throttle_holds_its_share_while_it_is_set_again_and_again(percent: int) -> None:
+    """The dirty limiter sets the throttle every period: setting it again
+    must neither wake the sleeping vCPU nor restart the ticker's slice,
+    or the vCPU would run nearly all the time (as it once did)."""
+    import time
+
+    from livemig.machine.vcpu import VcpuThread
+
+    accel = FakeAccel()
+    vcpu = VcpuThread(accel, 0, lambda _result: None)  # type: ignore[arg-type]
+    try:
+        vcpu.set_throttle(percent)
+        vcpu.start()
+        began = time.monotonic()
+        while time.monotonic() - began < 1.0:
+            vcpu.set_throttle(percent)
+            time.sleep(0.02)
+        vcpu.stop()
+        share = accel.ran / (time.monotonic() - began)
+        assert share == pytest.approx(1 - percent / 100, abs=0.1), share
+    finally:
+        vcpu.set_throttle(0)
+        vcpu.shutdown()

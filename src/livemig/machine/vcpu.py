@@ -97,10 +97,10 @@ class VcpuThread:
                 # One kick per run slice plus its sleep, as QEMU's throttle
                 # timer: kicking every bare slice would land each kick soon
                 # after the vCPU woke from the previous sleep, and the run
-                # slices would shrink to nothing. notify (a new percentage,
-                # quit) only ends the wait early.
-                self._cond.wait(THROTTLE_TIMESLICE_S / (1 - self._throttle / 100))
-                if not self._throttle or self._quit:
+                # slices would shrink to nothing. A new percentage does not
+                # restart the wait (a limiter resets it every period).
+                period = THROTTLE_TIMESLICE_S / (1 - self._throttle / 100)
+                if not self._wait_unless(period, lambda: not self._throttle or self._quit):
                     self._ticking = False  # a later set_throttle starts a new ticker
                     return
                 busy = not self._idle
@@ -111,7 +111,21 @@ class VcpuThread:
         with self._cond:
             percent = self._throttle
             if percent and self._want_run and not self._quit:
-                self._cond.wait(THROTTLE_TIMESLICE_S * percent / (100 - percent))
+                self._wait_unless(THROTTLE_TIMESLICE_S * percent / (100 - percent),
+                                  lambda: not self._throttle or not self._want_run
+                                  or self._quit)
+
+    def _wait_unless(self, seconds: float, stop: Callable[[], bool]) -> bool:
+        """Wait ``seconds`` on the condition (held), or until ``stop()``
+        holds when woken; False if it was ``stop()`` that ended the wait.
+        Other notifications (a new percentage) do not cut it short."""
+        deadline = time.monotonic() + seconds
+        while not stop():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            self._cond.wait(left)
+        return False
 
     @property
     def running(self) -> bool:
