@@ -428,6 +428,25 @@ def test_start_up_imports_nothing_heavy(lab: VmLauncher) -> None:
         assert not heavy, sorted(heavy)
 
 
+def test_migration_setup_warms_the_job_modules(lab: VmLauncher) -> None:
+    """The first migrate-set-capabilities starts importing the job modules
+    (numpy with them) in the background, before any migrate."""
+    if LIVEMIG is None:
+        pytest.skip("livemig not installed")
+    vm = lab.start(VmmKind("livemig-tcg", LIVEMIG, "tcg"), "vm",
+                   env={"PYTHONPROFILEIMPORTTIME": "1"})
+
+    def imported() -> set[str]:
+        return {line.rsplit("|", 1)[-1].strip() for line in vm.stderr_text().splitlines()
+                if line.startswith("import time:")}
+
+    assert "livemig.migration.outgoing" not in imported()
+    vm.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+    wait_until(lambda: {"numpy", "livemig.migration.outgoing"} <= imported(), 30,
+               "the job modules to be imported")
+    assert vm.status() == "running"
+
+
 def test_uuid_validation(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
     """validate-uuid as QEMU 7.2: only a differing UUID set on both sides refuses."""
     kind = vmm_any_accel
