@@ -120,6 +120,15 @@ class GuestRam:
             code = ctypes.get_errno()
             raise BootError(f"madvise(MADV_DONTNEED) on guest RAM failed: {os.strerror(code)}")
 
+    def zero(self, address: int, length: int) -> None:
+        """Make [address, +length) read as zero, as a migration destination
+        loads a zero run. Dropping the pages (MADV_DONTNEED) costs nothing
+        for pages never touched, which on a fresh destination is nearly
+        all of them, and frees those that were; writing zeros would first
+        fault in a page for each. Right for this private anonymous
+        mapping only (a shared one would keep its contents)."""
+        self.discard(address, length)
+
     def mark_dirty(self, address: int, length: int) -> None:
         if length <= 0:
             return

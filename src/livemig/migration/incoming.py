@@ -14,7 +14,6 @@ brings a new channel. Every status change is a transition of
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
@@ -357,8 +356,7 @@ class IncomingMigration:
             channel.reader.readinto(ram.view[start:start + length])
             self.stats.normal += record.count
         else:
-            # Safe: the codec checked that [start, start+length) lies inside RAM.
-            ctypes.memset(ram.address + start, 0, length)
+            ram.zero(start, length)
             self.stats.duplicate += record.count
 
     def _place(self, channel: Channel, record: PageRun | ZeroRun) -> None:

@@ -25,7 +25,6 @@ job owns its status machine.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import queue
 import threading
@@ -318,8 +317,7 @@ class MultifdReceiver:
                     packed = reader.read(record.length)
                     ram.view[start:start + length] = decompress(packed, length)
                 else:
-                    # Safe: the codec checked that [start, start+length) lies inside RAM.
-                    ctypes.memset(ram.address + start, 0, length)
+                    ram.zero(start, length)
                 with self._lock:
                     if isinstance(record, ZeroRun):
                         self._stats.duplicate += record.count
