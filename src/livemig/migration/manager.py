@@ -6,12 +6,11 @@ descriptors handed over with ``getfd``. Each QMP command is one method
 here, which checks what QEMU checks before answering and then calls one
 method of the job.
 
-The job modules (and numpy with them) are imported when a job is made,
-not when livemig starts: a VM that never migrates never loads them. The
-first migrate-set-capabilities or migrate-set-parameters (what every
-orchestrator sends before migrate) starts importing them in the
-background, so the migrate that follows does not pay for it (about a
-quarter of a second here).
+The job modules (and numpy with them) are not imported at start-up, so
+the QMP greeting comes quickly. Once the first client has its greeting,
+warm_up() imports them on a background thread (and the first
+migrate-set-capabilities or -parameters does, if no client was greeted),
+so the first migrate does not pay about a quarter of a second for them.
 """
 
 from __future__ import annotations
@@ -193,7 +192,7 @@ class MigrationManager:
         self.incoming.recover(parse_uri(uri))
 
     # --- parameters --------------------------------------------------------------------
-    def _warm_up(self) -> None:
+    def warm_up(self) -> None:
         """Import the job modules in the background, once (module docstring)."""
         if self._warming is None:
             self._warming = threading.Thread(target=_import_job_modules, daemon=True,
@@ -201,13 +200,13 @@ class MigrationManager:
             self._warming.start()
 
     def set_parameters(self, changes: dict[str, Any]) -> None:
-        self._warm_up()
+        self.warm_up()
         self.settings.set_params(changes)
         if self.outgoing is not None and self.outgoing.in_progress:
             self.outgoing.parameters_changed()
 
     def set_capabilities(self, changes: list[dict[str, Any]]) -> None:
-        self._warm_up()
+        self.warm_up()
         self._refuse_if_busy()
         wants_postcopy = any(c.get("capability") == "postcopy-ram" and c.get("state")
                              for c in changes)

@@ -37,8 +37,17 @@ class ChunkRecords:
                  detect_zero: bool = True,
                  compress: Callable[[memoryview], bytes] | None = None) -> None:
         if detect_zero:
+            # Read only the dirty pages: a later pass leaves most of a chunk
+            # clean, and a page that is not sent need not be looked at.
             words = ram.array[first * PAGE_SIZE:(first + len(dirty)) * PAGE_SIZE]
-            nonzero = words.view(np.uint64).reshape(len(dirty), _WORDS).any(axis=1)
+            pages = words.view(np.uint64).reshape(len(dirty), _WORDS)
+            rows = np.flatnonzero(dirty)
+            if len(rows) == len(dirty):
+                nonzero = pages.any(axis=1)
+            else:
+                nonzero = np.zeros(len(dirty), dtype=bool)
+                if len(rows):
+                    nonzero[rows] = pages[rows].any(axis=1)
         else:
             nonzero = np.ones(len(dirty), dtype=bool)
         zero = dirty & ~nonzero

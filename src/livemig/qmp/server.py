@@ -95,6 +95,11 @@ class QmpSession:
         writer = threading.Thread(target=self._write_loop, name="qmp-writer", daemon=True)
         writer.start()
         self.send({"QMP": {"version": version_info(), "capabilities": ["oob"]}})
+        if self.server.migration is not None:
+            # Start-up is over once a client has its greeting: now load what
+            # a first migrate would otherwise pay for (manager.warm_up).
+            self.flush(1.0)
+            self.server.migration.warm_up()
         splitter = JsonSplitter()
         self.server.add_session(self)
         try:
