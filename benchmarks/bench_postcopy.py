@@ -20,10 +20,11 @@ livemig and QEMU run in turn; the ratio column is livemig / QEMU.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from common import accelerators, arguments, compare, console, report, start_pair
 
-from livemig.lab import VmLauncher, VmmKind, wait_until
+from livemig.lab import Vm, VmLauncher, VmmKind, wait_until
 from livemig.lab.checks import check_ab_ram
 
 LINK_PLUS = 100_000_000_000  # bytes/s: "higher than the link"
@@ -32,6 +33,23 @@ LINK_PLUS = 100_000_000_000  # bytes/s: "higher than the link"
 def _caps(vm, names: list[str]) -> None:  # type: ignore[no-untyped-def]
     vm.cmd("migrate-set-capabilities",
            capabilities=[{"capability": name, "state": True} for name in names])
+
+
+def _finish(kind: VmmKind, src: Vm, dst: Vm, started: float
+            ) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """Wait for completion on both sides and check the destination's RAM:
+    both sides' query-migrate and the ms since ``started``."""
+    info = wait_until(lambda: (i := src.cmd("query-migrate"))["status"] in
+                      ("completed", "failed") and i, 600, "postcopy", interval=0.002)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if info["status"] != "completed":
+        raise SystemExit(f"{kind.label}: migration failed: {info.get('error-desc')}")
+    dinfo = wait_until(lambda: (i := dst.cmd("query-migrate"))["status"] == "completed"
+                       and i, 120, "the destination")
+    dst.cmd("stop")
+    if not check_ab_ram(dst).ok:
+        raise SystemExit(f"{kind.label}: destination RAM inconsistent")
+    return info, dinfo, elapsed_ms
 
 
 def postcopy_run(kind: VmmKind, lab: VmLauncher) -> dict[str, float]:
@@ -46,16 +64,7 @@ def postcopy_run(kind: VmmKind, lab: VmLauncher) -> dict[str, float]:
                    >= 2, 300, "the end of the first pass", interval=0.002)
         started = time.perf_counter()
         src.cmd("migrate-start-postcopy")
-        info = wait_until(lambda: (i := src.cmd("query-migrate"))["status"] in
-                          ("completed", "failed") and i, 600, "postcopy", interval=0.002)
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        if info["status"] != "completed":
-            raise SystemExit(f"{kind.label}: migration failed: {info.get('error-desc')}")
-        dinfo = wait_until(lambda: (i := dst.cmd("query-migrate"))["status"] == "completed"
-                           and i, 120, "the destination")
-        dst.cmd("stop")
-        if not check_ab_ram(dst).ok:
-            raise SystemExit(f"{kind.label}: destination RAM inconsistent")
+        info, dinfo, elapsed_ms = _finish(kind, src, dst, started)
         sample = {"start-postcopy to completed": elapsed_ms,
                   "postcopy-blocktime": float(dinfo.get("postcopy-blocktime", 0)),
                   "postcopy-requests": float(info["ram"]["postcopy-requests"])}
@@ -80,16 +89,7 @@ def immediate_run(kind: VmmKind, lab: VmLauncher) -> dict[str, float]:
         started = time.perf_counter()
         src.cmd("migrate", uri=uri)
         src.cmd("migrate-start-postcopy")
-        info = wait_until(lambda: (i := src.cmd("query-migrate"))["status"] in
-                          ("completed", "failed") and i, 600, "postcopy", interval=0.002)
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        if info["status"] != "completed":
-            raise SystemExit(f"{kind.label}: migration failed: {info.get('error-desc')}")
-        wait_until(lambda: dst.cmd("query-migrate")["status"] == "completed", 120,
-                   "the destination")
-        dst.cmd("stop")
-        if not check_ab_ram(dst).ok:
-            raise SystemExit(f"{kind.label}: destination RAM inconsistent")
+        _info, _dinfo, elapsed_ms = _finish(kind, src, dst, started)
         return {"migrate to completed": elapsed_ms}
     finally:
         src.kill()

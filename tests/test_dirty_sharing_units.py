@@ -6,6 +6,8 @@ limiter's controller."""
 from __future__ import annotations
 
 import mmap
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -92,6 +94,21 @@ class FakeVm:
         return 0
 
 
+@contextmanager
+def _ring(size: int) -> Iterator[tuple[FakeVm, KvmDirtyRingTracker, np.ndarray]]:
+    """A started ring tracker (no reaper) over a ring of ``size`` entries in
+    plain memory, the fake VM it resets, and the ring as the kernel sees it."""
+    buffer = mmap.mmap(-1, size * 16)
+    vm, ram = FakeVm(), GuestRam(PAGES * 4096)
+    tracker = KvmDirtyRingTracker(vm, 0, ram, [buffer], reap=False)  # type: ignore[arg-type]
+    ring = np.frombuffer(buffer, dtype=GFN)
+    tracker.start()
+    try:
+        yield vm, tracker, ring
+    finally:
+        tracker.close()  # the buffer is freed with the last view of it
+
+
 def _push(ring: np.ndarray, at: int, slot: int, page: int) -> None:
     """What the kernel does: fill the entry, then mark it dirty."""
     entry = ring[at % len(ring)]
@@ -107,35 +124,28 @@ def test_ring_harvest_takes_every_entry_in_order_across_the_wrap(
     page of our slot and in range is reported once, the rest dropped, and
     each taken entry is handed back (RESET) for KVM_RESET_DIRTY_RINGS."""
     size = 16
-    buffer = mmap.mmap(-1, size * 16)
-    vm, ram = FakeVm(), GuestRam(PAGES * 4096)
-    tracker = KvmDirtyRingTracker(vm, 0, ram, [buffer], reap=False)  # type: ignore[arg-type]
-    ring = np.frombuffer(buffer, dtype=GFN)
-    tracker.start()
-    assert vm.logging
-    at = 0
-    for batch in batches:
-        for page in batch:
-            _push(ring, at, 0 if page % 7 else 1, page)  # every 7th: another slot
-            at += 1
-        resets = vm.resets
-        assert tracker.harvest() == len(batch)
-        assert vm.resets == resets + bool(batch)
-        if len(batch) == size:  # a whole ring dirty: entries may have been lost
-            assert tracker.sync().all()
-            ring["flags"][:] = 0
-            continue
-        taken = ring["flags"][[(at - 1 - i) % size for i in range(len(batch))]]
-        assert (taken == abi.KVM_DIRTY_GFN_F_RESET).all()
-        ring["flags"][:] = 0   # what KVM_RESET_DIRTY_RINGS does to them
-        dirty = tracker.sync()
-        expect = sorted({p for p in batch if p % 7 and p < PAGES})
-        assert sorted(np.flatnonzero(dirty)) == expect
-    assert tracker.harvested == [sum(len(b) for b in batches)]
-    tracker.stop()
-    tracker.close()
-    del ring
-    buffer.close()
+    with _ring(size) as (vm, tracker, ring):
+        assert vm.logging
+        at = 0
+        for batch in batches:
+            for page in batch:
+                _push(ring, at, 0 if page % 7 else 1, page)  # every 7th: another slot
+                at += 1
+            resets = vm.resets
+            assert tracker.harvest() == len(batch)
+            assert vm.resets == resets + bool(batch)
+            if len(batch) == size:  # a whole ring dirty: entries may have been lost
+                assert tracker.sync().all()
+                ring["flags"][:] = 0
+                continue
+            taken = ring["flags"][[(at - 1 - i) % size for i in range(len(batch))]]
+            assert (taken == abi.KVM_DIRTY_GFN_F_RESET).all()
+            ring["flags"][:] = 0   # what KVM_RESET_DIRTY_RINGS does to them
+            dirty = tracker.sync()
+            expect = sorted({p for p in batch if p % 7 and p < PAGES})
+            assert sorted(np.flatnonzero(dirty)) == expect
+        assert tracker.harvested == [sum(len(b) for b in batches)]
+        tracker.stop()
 
 
 def test_after_an_overrun_the_vcpu_steps_over_the_skipped_entries() -> None:
@@ -144,24 +154,17 @@ def test_after_an_overrun_the_vcpu_steps_over_the_skipped_entries() -> None:
     vCPU thread hands the 3 back as RESET, harvests on, and reports every
     page dirty (what the overrun overwrote is unknown)."""
     size = 16
-    buffer = mmap.mmap(-1, size * 16)
-    vm, ram = FakeVm(), GuestRam(PAGES * 4096)
-    tracker = KvmDirtyRingTracker(vm, 0, ram, [buffer], reap=False)  # type: ignore[arg-type]
-    ring = np.frombuffer(buffer, dtype=GFN)
-    tracker.start()
-    for at in range(3, 3 + 10):
-        _push(ring, at + 5, 0, at)      # fetch is 5; the kernel writes from 8
-    tracker._fetch[0] = 5
-    assert tracker.harvest() == 0       # from another thread: no guessing
-    assert tracker.harvest(vcpu_stopped=True) == 3 + 10
-    handed_back = [at % size for at in range(5, 18)]   # skipped and harvested
-    assert (ring["flags"][handed_back] == abi.KVM_DIRTY_GFN_F_RESET).all()
-    assert vm.resets == 1
-    assert tracker._fetch[0] == (5 + 13) % size and tracker.overruns == 1
-    assert tracker.sync().all()
-    tracker.close()
-    del ring
-    buffer.close()
+    with _ring(size) as (vm, tracker, ring):
+        for at in range(3, 3 + 10):
+            _push(ring, at + 5, 0, at)      # fetch is 5; the kernel writes from 8
+        tracker._fetch[0] = 5
+        assert tracker.harvest() == 0       # from another thread: no guessing
+        assert tracker.harvest(vcpu_stopped=True) == 3 + 10
+        handed_back = [at % size for at in range(5, 18)]   # skipped and harvested
+        assert (ring["flags"][handed_back] == abi.KVM_DIRTY_GFN_F_RESET).all()
+        assert vm.resets == 1
+        assert tracker._fetch[0] == (5 + 13) % size and tracker.overruns == 1
+        assert tracker.sync().all()
 
 
 @pytest.mark.parametrize("running, rate, quota", [
