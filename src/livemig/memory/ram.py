@@ -120,14 +120,22 @@ class GuestRam:
             code = ctypes.get_errno()
             raise BootError(f"madvise(MADV_DONTNEED) on guest RAM failed: {os.strerror(code)}")
 
-    def zero(self, address: int, length: int) -> None:
+    def zero(self, address: int, length: int, keep_present: bool = False) -> None:
         """Make [address, +length) read as zero, as a migration destination
         loads a zero run. Dropping the pages (MADV_DONTNEED) costs nothing
         for pages never touched, which on a fresh destination is nearly
         all of them, and frees those that were; writing zeros would first
-        fault in a page for each. Right for this private anonymous
-        mapping only (a shared one would keep its contents)."""
-        self.discard(address, length)
+        fault in a page for each. ``keep_present``: write zeros instead,
+        for a destination that may switch to postcopy: once RAM is
+        registered for missing-page faults, a dropped page would fault and
+        nothing would ever send it. (Dropping is right for this private
+        anonymous mapping only: a shared one would keep its contents.)"""
+        if keep_present:
+            self.check_range(address, length)
+            # Safe: check_range proved [address, +length) lies inside the mapping.
+            ctypes.memset(self.address + address, 0, length)
+        else:
+            self.discard(address, length)
 
     def mark_dirty(self, address: int, length: int) -> None:
         if length <= 0:

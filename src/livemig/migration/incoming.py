@@ -252,7 +252,8 @@ class IncomingMigration:
         from .multifd import MultifdReceiver, StreamSettings
 
         receiver = MultifdReceiver(self.machine.ram, self._limits, StreamSettings(count, method),
-                                   self.stats, self._stats_lock, self._multifd_failed)
+                                   self.stats, self._stats_lock, self._multifd_failed,
+                                   keep_zero_present=self.settings.caps["postcopy-ram"])
         self._multifd = receiver
         for _ in range(count):
             channel = self.listener.accept(timeout=MULTIFD_ACCEPT_S, tls=self._tls)
@@ -356,7 +357,7 @@ class IncomingMigration:
             channel.reader.readinto(ram.view[start:start + length])
             self.stats.normal += record.count
         else:
-            ram.zero(start, length)
+            ram.zero(start, length, keep_present=self.settings.caps["postcopy-ram"])
             self.stats.duplicate += record.count
 
     def _place(self, channel: Channel, record: PageRun | ZeroRun) -> None:

@@ -215,8 +215,10 @@ class MultifdReceiver:
 
     def __init__(self, ram: GuestRam, limits: Limits, settings: StreamSettings,
                  stats: RamStats, stats_lock: threading.Lock,
-                 on_failure: Callable[[], None]) -> None:
+                 on_failure: Callable[[], None], keep_zero_present: bool = False) -> None:
+        """``keep_zero_present``: postcopy may follow (GuestRam.zero)."""
         self._ram = ram
+        self._keep_zero_present = keep_zero_present
         self._limits = limits
         self._settings = settings
         self._stats = stats
@@ -317,7 +319,7 @@ class MultifdReceiver:
                     packed = reader.read(record.length)
                     ram.view[start:start + length] = decompress(packed, length)
                 else:
-                    ram.zero(start, length)
+                    ram.zero(start, length, keep_present=self._keep_zero_present)
                 with self._lock:
                     if isinstance(record, ZeroRun):
                         self._stats.duplicate += record.count
