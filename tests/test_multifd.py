@@ -4,7 +4,6 @@ without compression, on livemig and QEMU (issue 9)."""
 from __future__ import annotations
 
 import pytest
-from conftest import ALL_VMMS
 from migration_helpers import migrate, wait_for_migration_pass, wait_for_status
 from stream_scenarios import configured_pair, incoming_uri, migrate_and_check
 
@@ -33,14 +32,6 @@ def test_multifd_precopy_both_vmms(vmm_any_accel: VmmKind, lab: VmLauncher,
     uri = incoming_uri(lab, dst, transport)
     info = migrate_and_check(src, dst, uri, kind)
     assert info["ram"]["multifd-bytes"] > 0
-
-
-@pytest.mark.parametrize("kind", [p for p in ALL_VMMS if p.id == "livemig-kvm"])
-def test_multifd_precopy_kvm(kind: VmmKind, lab: VmLauncher) -> None:
-    """The same under kvm, whose dirty tracking differs (tcg and QEMU run
-    test_multifd_precopy_both_vmms)."""
-    src, dst = configured_pair(lab, kind, ["multifd"], {"multifd-channels": 4})
-    migrate_and_check(src, dst, incoming_uri(lab, dst, "unix"), kind)
 
 
 @pytest.mark.parametrize("method", ["zlib", "zstd"])
