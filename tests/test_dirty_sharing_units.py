@@ -244,3 +244,20 @@ def test_the_throttle_holds_its_share_while_it_is_set_again_and_again(percent: i
     finally:
         vcpu.set_throttle(0)
         vcpu.shutdown()
+
+
+def test_a_limiter_that_cannot_track_ends_its_limit_visibly() -> None:
+    """No silent death: when dirty tracking fails under the limiter, the
+    limit is dropped (query-vcpu-dirty-limit lists none) and the vCPU's
+    sleep share goes back to 0."""
+    from livemig.lab import wait_until
+
+    def broken() -> FakeTracker:
+        raise OSError("no tracking here")
+
+    sleeps: list[float] = []
+    limiter = DirtyLimiter(SharedTracking(broken), 1, sleeps.append)
+    limiter.set(5)
+    wait_until(lambda: not limiter.in_service, 5, "the limit to end")
+    assert limiter.info() == []
+    wait_until(lambda: sleeps[-1:] == [0.0], 5, "the sleep share to be reset")

@@ -59,7 +59,6 @@ class DirtyLimiter:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.period_ms = DEFAULT_PERIOD_MS
-        self.error: str | None = None     # why the last limiter thread ended, if it failed
 
     # --- the QMP surface (via the migration manager) -----------------------------
     @property
@@ -84,7 +83,6 @@ class DirtyLimiter:
             # The thread clears _thread, under this lock, when it decides to end.
             thread = None
             if self._thread is None:
-                self.error = None
                 thread = self._thread = threading.Thread(target=self._main,
                                                          name="dirty limit", daemon=True)
         if thread is not None:
@@ -135,12 +133,11 @@ class DirtyLimiter:
         try:
             reader.start()
             self._loop(reader)
-        except Exception as err:  # no silent death: the limit ends, the reason is kept
+        except Exception:  # no silent death: logged, and the limit visibly ends
             log.error("dirty limit: stopped by an error", exc_info=True)
             with self._lock:
-                self._limits.clear()
+                self._limits.clear()  # query-vcpu-dirty-limit then lists none
                 self._thread = None
-                self.error = f"{type(err).__name__}: {err}"
         finally:
             try:
                 reader.stop()

@@ -87,10 +87,6 @@ class VcpuThread:
             threading.Thread(target=self._tick, daemon=True,
                              name=f"CPU {self.index} throttle").start()
 
-    @property
-    def throttle(self) -> float:
-        return self._throttle
-
     def _tick(self) -> None:
         while True:
             with self._cond:
