@@ -197,6 +197,9 @@ class KvmAccelerator:
         from ..memory.dirty import KvmDirtyTracker
         return KvmDirtyTracker(self.vm, RAM_SLOT, ram)
 
+    def preload(self) -> None:
+        """The vCPU is made in ``__init__``: nothing is left to build."""
+
     def dirty_ring_counts(self) -> list[int] | None:
         return list(self.dirty_ring.harvested) if self.dirty_ring is not None else None
 

@@ -1,199 +1,125 @@
-"""The ``tcg`` accelerator: the Unicorn engine (QEMU's TCG as a library).
+"""The ``tcg`` accelerator, with its engine loaded off the start-up path.
 
-Guest RAM is mapped into Unicorn with ``mem_map_ptr`` from the machine's own
-mmap, so emulator, VMM and migration code share one copy. Port I/O goes to
-the I/O bus through instruction hooks; physical addresses with no RAM behind
-them read as all ones and drop writes, as on a PC.
+Loading Unicorn (its Python package and the 24 MB libunicorn) is the largest
+single cost of a tcg start: about half of exec-to-greeting. No QMP answer
+before the guest runs needs the engine: the vCPU state it would report is the
+boot state the machine set. So ``TcgAccelerator`` keeps that state, starts
+the engine on a loader thread when the machine starts (``preload``), and
+anything that needs the engine (``run``, a state read after the load began)
+waits for it. The engine itself is ``tcg_unicorn.UnicornVcpu``.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import threading
 from typing import TYPE_CHECKING
-
-from unicorn import (
-    UC_ARCH_X86,
-    UC_HOOK_INSN,
-    UC_MODE_16,
-    UC_MODE_32,
-    UC_PROT_ALL,
-    Uc,
-    UcError,
-)
-from unicorn import x86_const as X
 
 from ..devices import IoBus
 from ..errors import AccelError
 from ..memory import GuestRam
-from . import tcg_stop
-from .base import Crashed, Halted, Kicked, RunResult
-from .cpustate import GPR_NAMES, CpuState, Segment
+from .base import Crashed, RunResult
+from .cpustate import CpuState
 
 if TYPE_CHECKING:
     from ..memory.dirty import DirtyTracker
-
-_GPR32 = {
-    "rax": X.UC_X86_REG_EAX, "rbx": X.UC_X86_REG_EBX, "rcx": X.UC_X86_REG_ECX,
-    "rdx": X.UC_X86_REG_EDX, "rsi": X.UC_X86_REG_ESI, "rdi": X.UC_X86_REG_EDI,
-    "rsp": X.UC_X86_REG_ESP, "rbp": X.UC_X86_REG_EBP,
-}
-_SEGS = {
-    "ds": X.UC_X86_REG_DS, "es": X.UC_X86_REG_ES, "fs": X.UC_X86_REG_FS,
-    "gs": X.UC_X86_REG_GS, "ss": X.UC_X86_REG_SS, "cs": X.UC_X86_REG_CS,
-}
-_HLT = 0xF4
-_NEVER = 2**64 - 1  # an "until" address execution can never reach
-_FOUR_GIB = 1 << 32
+    from .tcg_unicorn import UnicornVcpu
 
 
 class TcgAccelerator:
-    """One vCPU emulated by Unicorn (32-bit x86: real and protected mode)."""
+    """One Unicorn vCPU, built on first need (module docstring)."""
 
     name = "tcg"
 
     def __init__(self, ram: GuestRam, bus: IoBus) -> None:
+        # Refuse now, not at the first run, so "accel=tcg:…" can fall through.
+        if importlib.util.find_spec("unicorn") is None:
+            raise AccelError("tcg: the unicorn package is not installed")
         self._ram = ram
         self._bus = bus
-        self._kicked = threading.Event()
-        self._mode = UC_MODE_16
-        self._uc, self._stop = self._engine(UC_MODE_16)
-        self.set_state(CpuState.boot())
+        self._state = CpuState.boot()      # what the engine starts from
+        self._lock = threading.Lock()      # engine, kick and loader hand-over
+        self._engine: UnicornVcpu | None = None
+        self._failure: AccelError | None = None
+        self._loader: threading.Thread | None = None
+        self._kick_pending = False
 
-    def _engine(self, mode: int) -> tuple[Uc, tcg_stop.StopControl]:
-        """A Unicorn instance on our RAM, with the port and MMIO hooks.
+    # --- the engine ---------------------------------------------------------
+    def preload(self) -> None:
+        """Start building the engine in the background (once)."""
+        with self._lock:
+            if self._loader is None:
+                self._loader = threading.Thread(target=self._load, name="tcg/load",
+                                                daemon=True)
+                self._loader.start()
 
-        The mode only decides how Unicorn's own API treats registers: in
-        mode 16 a segment write always sets base = selector * 16, in mode 32
-        it loads the descriptor from the GDT. The guest's CPU mode is its
-        own (CR0), whichever engine runs it.
-        """
+    def _load(self) -> None:
         try:
-            uc = Uc(UC_ARCH_X86, mode)
-            uc.mem_map_ptr(0, self._ram.size, UC_PROT_ALL, self._ram.address)
-            if self._ram.size < _FOUR_GIB:
-                uc.mmio_map(self._ram.size, _FOUR_GIB - self._ram.size,
-                            self._unassigned_read, None, self._unassigned_write, None)
-            uc.hook_add(UC_HOOK_INSN, self._port_in, None, 1, 0, X.UC_X86_INS_IN)
-            uc.hook_add(UC_HOOK_INSN, self._port_out, None, 1, 0, X.UC_X86_INS_OUT)
-        except UcError as err:
-            raise AccelError(f"tcg: could not set up Unicorn: {err}") from err
-        return uc, tcg_stop.install(uc)
+            from .tcg_unicorn import UnicornVcpu
+            engine = UnicornVcpu(self._ram, self._bus, self._state)
+        except AccelError as err:
+            self._failure = err
+            return
+        except (ImportError, OSError) as err:
+            self._failure = AccelError(f"tcg: could not load Unicorn: {err}")
+            return
+        with self._lock:
+            self._engine = engine
+            if self._kick_pending:
+                engine.kick()
 
-    # --- hooks (called on the vCPU thread, inside emu_start) ---------------
-    def _port_in(self, uc: Uc, port: int, size: int, _data: object) -> int:
-        return self._bus.read(port, size)
+    def _ready(self) -> UnicornVcpu:
+        """The engine, waiting for (or starting) its load; AccelError if it failed."""
+        self.preload()
+        assert self._loader is not None
+        self._loader.join()
+        if self._engine is None:
+            raise self._failure or AccelError("tcg: the engine did not load")
+        return self._engine
 
-    def _port_out(self, uc: Uc, port: int, size: int, value: int, _data: object) -> None:
-        self._bus.write(port, size, value)
+    def _loading(self) -> bool:
+        return self._loader is not None
 
-    @staticmethod
-    def _unassigned_read(uc: Uc, offset: int, size: int, _data: object) -> int:
-        return (1 << (8 * size)) - 1
-
-    @staticmethod
-    def _unassigned_write(uc: Uc, offset: int, size: int, value: int, _data: object) -> None:
-        return None
-
-    # --- running -------------------------------------------------------------
+    # --- running --------------------------------------------------------------
     def arm(self) -> None:
-        self._kicked.clear()
-        self._stop.requested = 0
+        with self._lock:
+            self._kick_pending = False
+            if self._engine is not None:
+                self._engine.arm()
 
     def kick(self) -> None:
-        # The block hook (tcg_stop) stops at the next block boundary with EIP
-        # exact; the flag also survives until emu_start, so no kick is lost.
-        self._kicked.set()
-        self._stop.requested = 1
+        with self._lock:
+            self._kick_pending = True
+            if self._engine is not None:
+                self._engine.kick()
 
     def run(self) -> RunResult:
-        if self._kicked.is_set():
-            return Kicked()
-        uc = self._uc
-        begin = uc.reg_read(X.UC_X86_REG_EIP)
-        if self._mode == UC_MODE_16:
-            # Unicorn's 16-bit mode turns ``begin`` into EIP by subtracting
-            # CS * 16 (real-mode style) even after the switch to protected
-            # mode, so add it here to land exactly on the current EIP.
-            begin += uc.reg_read(X.UC_X86_REG_CS) << 4
+        engine = self._engine
+        if engine is not None:
+            return engine.run()
         try:
-            uc.emu_start(begin, _NEVER)
-        except UcError as err:
-            where = uc.reg_read(X.UC_X86_REG_EIP)
-            return Crashed(f"tcg: {err} at eip={where:#x}")
-        if self._kicked.is_set():
-            return Kicked()
-        if self._just_halted():
-            return Halted()
-        return Kicked()
+            engine = self._ready()
+        except AccelError as err:
+            return Crashed(str(err))
+        return engine.run()  # a kick before the load reached it in _load
 
-    def _just_halted(self) -> bool:
-        eip = self._uc.reg_read(X.UC_X86_REG_EIP)
-        cs_base = self._segment("cs", self._uc.reg_read(X.UC_X86_REG_CS)).base
-        linear = (cs_base + eip - 1) & 0xFFFFFFFF
-        return self._ram.contains(linear) and self._ram.read(linear, 1)[0] == _HLT
-
-    # --- state -----------------------------------------------------------------
-    def _segment(self, name: str, selector: int) -> Segment:
-        """Rebuild a segment's hidden part: from the GDT in protected mode."""
-        cr0 = self._uc.reg_read(X.UC_X86_REG_CR0)
-        if not cr0 & 1:
-            return Segment.real_mode(selector, code=name == "cs")
-        if selector & ~3 == 0:
-            return Segment(selector=selector, unusable=1, present=0)
-        _, gdt_base, gdt_limit, _ = self._uc.reg_read(X.UC_X86_REG_GDTR)
-        offset = selector & ~7
-        address = gdt_base + offset
-        if offset + 7 > gdt_limit or not self._ram.contains(address, 8):
-            raise AccelError(f"tcg: {name} selector {selector:#x} is outside the GDT")
-        raw = int.from_bytes(self._ram.read(address, 8), "little")
-        return Segment.from_descriptor(selector, raw)
-
+    # --- state ------------------------------------------------------------------
     def get_state(self) -> CpuState:
-        uc = self._uc
-        state = CpuState()
-        state.gprs = dict.fromkeys(GPR_NAMES, 0)
-        for name, reg in _GPR32.items():
-            state.gprs[name] = uc.reg_read(reg)
-        state.rip = uc.reg_read(X.UC_X86_REG_EIP)
-        state.rflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
-        state.cr0 = uc.reg_read(X.UC_X86_REG_CR0)
-        state.cr2 = uc.reg_read(X.UC_X86_REG_CR2)
-        state.cr3 = uc.reg_read(X.UC_X86_REG_CR3)
-        state.cr4 = uc.reg_read(X.UC_X86_REG_CR4)
-        _, gbase, glimit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
-        _, ibase, ilimit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
-        state.gdt, state.idt = (gbase, glimit), (ibase, ilimit)
-        for name, reg in _SEGS.items():
-            state.segments[name] = self._segment(name, uc.reg_read(reg))
-        state.halted = False  # the machine owns the halted flag
-        return state
+        if not self._loading():
+            return copy.deepcopy(self._state)
+        return self._ready().get_state()
 
     def set_state(self, state: CpuState) -> None:
-        mode = UC_MODE_32 if state.protected else UC_MODE_16
-        if mode != self._mode:
-            (self._uc, self._stop), self._mode = self._engine(mode), mode
-        uc = self._uc
-        try:
-            uc.reg_write(X.UC_X86_REG_GDTR, (0, state.gdt[0], state.gdt[1], 0))
-            uc.reg_write(X.UC_X86_REG_IDTR, (0, state.idt[0], state.idt[1], 0))
-            uc.reg_write(X.UC_X86_REG_CR3, state.cr3)
-            uc.reg_write(X.UC_X86_REG_CR4, state.cr4)
-            uc.reg_write(X.UC_X86_REG_CR2, state.cr2)
-            uc.reg_write(X.UC_X86_REG_CR0, state.cr0)
-            for name, reg in _GPR32.items():
-                uc.reg_write(reg, state.gprs[name] & 0xFFFFFFFF)
-            uc.reg_write(X.UC_X86_REG_EFLAGS, state.rflags & 0xFFFFFFFF)
-            # In mode 32 a selector write reloads the hidden part from the
-            # GDT, which is in guest RAM and so already in place; in mode 16
-            # (real mode) it sets base = selector * 16, as real mode does.
-            for name, reg in _SEGS.items():
-                uc.reg_write(reg, state.segments[name].selector)
-            uc.reg_write(X.UC_X86_REG_EIP, state.rip & 0xFFFFFFFF)
-        except UcError as err:
-            raise AccelError(f"tcg: could not load vCPU state: {err}") from err
+        if not self._loading():
+            self._state = copy.deepcopy(state)
+            return
+        self._ready().set_state(state)
 
     def code_changed(self, address: int, length: int) -> None:
-        self._uc.ctl_remove_cache(address, address + max(length, 1))
+        # Before the engine exists nothing is translated, so nothing is stale.
+        if self._loading():
+            self._ready().code_changed(address, length)
 
     def dirty_tracker(self, ram: GuestRam) -> DirtyTracker:
         """Unicorn writes guest RAM from user space: a process-wide tracker."""
@@ -204,4 +130,12 @@ class TcgAccelerator:
         return None  # KVM only
 
     def close(self) -> None:
-        self._uc = None  # type: ignore[assignment]
+        # Let a load under way finish first: an interpreter that exits while
+        # the loader is inside libunicorn's set-up crashes (SIGSEGV).
+        loader = self._loader
+        if loader is not None:
+            loader.join()
+        with self._lock:
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None

@@ -7,7 +7,6 @@ with one line that names the option, as QEMU does.
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -309,6 +308,7 @@ def _with_arg(o: SystemOptions, name: str, value: str) -> None:
         o.cpu_model = model
     elif name == "uuid":
         try:
+            import uuid
             o.uuid = str(uuid.UUID(value))
         except ValueError as err:
             raise ConfigError("Fail to parse UUID string. Wrong format.") from err

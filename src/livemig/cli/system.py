@@ -8,13 +8,13 @@ status 1, as with QEMU.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO, Any
 
 from .. import QEMU_COMPAT_VERSION, __version__
@@ -25,7 +25,6 @@ from ..migration import MigrationManager
 from ..objects import ObjectRegistry
 from ..qmp import QmpServer
 from ..qmp.jsonstream import RECURSION_NEEDED
-from ..qtest import QtestServer
 from .options import USAGE, SystemOptions, parse
 
 PROG = "livemig-system-x86_64"
@@ -156,6 +155,7 @@ class System:
             return
         if self.opts.qtest_log:
             self._qtest_log = open(self.opts.qtest_log, "w")
+        from ..qtest import QtestServer
         server = QtestServer(self.machine, self._qtest_log)
         self._servers.append((self._short_chardev(self.opts.qtest, "qtest"), server.attach))
 
@@ -169,11 +169,10 @@ class System:
         """isa-debug-exit: end the process at once with the guest's code."""
         os._exit(code)
 
-    def run(self) -> int:
-        self.machine.start()
-        self.migration.start_incoming()
-        for dev, handler in self._servers:
-            dev.serve(handler)
+    def handle_signals(self) -> None:
+        """SIGTERM, SIGINT and SIGHUP shut the machine down in order, as in
+        QEMU. Installed before anyone can know our pid (the pidfile, the
+        -daemonize parent's exit), so no signal finds the default action."""
         stop = self.machine.shutdown_requested
 
         def on_signal(signum: int, _frame: object) -> None:
@@ -184,6 +183,13 @@ class System:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, on_signal)
+
+    def run(self) -> int:
+        self.machine.start()
+        self.migration.start_incoming()
+        for dev, handler in self._servers:
+            dev.serve(handler)
+        stop = self.machine.shutdown_requested
         while not stop.wait(0.5):
             pass
         # Let a command in flight (quit) finish and send its answer first.
@@ -238,8 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         _daemonize()
     try:
         system = System(opts)
+        system.handle_signals()
         if opts.pidfile:
-            Path(opts.pidfile).write_text(f"{os.getpid()}\n")
+            with open(opts.pidfile, "w") as pidfile:
+                pidfile.write(f"{os.getpid()}\n")
     except LivemigError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 1
@@ -256,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         system.close()
         if opts.pidfile:
-            Path(opts.pidfile).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(opts.pidfile)
 
 
 if __name__ == "__main__":

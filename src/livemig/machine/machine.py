@@ -97,6 +97,8 @@ class Machine:
 
     def start(self) -> None:
         """Enter the initial run state (after the servers are listening)."""
+        if self.accel is not None:
+            self.accel.preload()
         with self.lock:
             if self.config.incoming:
                 self.runstate = RunState.INMIGRATE

@@ -25,15 +25,14 @@ from typing import TYPE_CHECKING, Any
 from ..errors import MigrationError
 from ..machine import Machine, RunState
 from ..objects import ObjectRegistry
-from ..uffd import probe_missing
 from .params import Settings
 from .status import Status
-from .uri import Uri, parse_uri
 
 if TYPE_CHECKING:
     from .dirtyrate import DirtyRateMeter
     from .incoming import IncomingMigration
     from .outgoing import OutgoingMigration
+    from .uri import Uri
 
 CLEANUP_WAIT_S = 10.0
 
@@ -90,7 +89,7 @@ class MigrationManager:
             self.deferred = True
             return
         from .incoming import IncomingMigration
-
+        from .uri import parse_uri
         self.incoming = IncomingMigration(self.machine, self.settings, parse_uri(uri),
                                           self._emit, self._on_incoming_failure, self.take_fd,
                                           self.objects)
@@ -111,6 +110,7 @@ class MigrationManager:
     # --- outgoing ------------------------------------------------------------------
     def _target(self, uri: str) -> tuple[Uri, int | None]:
         """Parse ``uri`` and take the descriptor an ``fd:`` URI names."""
+        from .uri import parse_uri
         parsed = parse_uri(uri)
         return parsed, self.take_fd(parsed.target) if parsed.scheme == "fd" else None
 
@@ -189,6 +189,7 @@ class MigrationManager:
         """migrate-recover on the destination: listen for the source's new channel."""
         if self.incoming is None:
             raise MigrationError("Migrate recover can only be run when postcopy is paused.")
+        from .uri import parse_uri
         self.incoming.recover(parse_uri(uri))
 
     # --- parameters --------------------------------------------------------------------
@@ -213,6 +214,7 @@ class MigrationManager:
         if (wants_postcopy and not self.settings.caps["postcopy-ram"]
                 and self.machine.runstate == RunState.INMIGRATE):
             # As QEMU: only the destination needs userfaultfd, so only it checks.
+            from ..uffd import probe_missing
             why = probe_missing(kernel_faults=self.machine.accel_name == "kvm")
             if why is not None:
                 raise MigrationError(f"Postcopy is not supported: {why}")

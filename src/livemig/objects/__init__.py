@@ -2,9 +2,23 @@
 credentials and authorization lists, looked up by id by the layers that
 use them (migration's ``tls-creds`` and ``tls-authz``)."""
 
-from .authz import AuthzList, AuthzSimple
+from __future__ import annotations
+
+from typing import Any
+
 from .registry import ObjectRegistry, UserObject
-from .tls import TlsCreds, TlsCredsPsk, TlsCredsX509
+
+# The object types load on first use: start-up needs only the registry.
+_LAZY = {"AuthzList": "authz", "AuthzSimple": "authz", "TlsCreds": "tls",
+         "TlsCredsPsk": "tls", "TlsCredsX509": "tls"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+    return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+
 
 __all__ = ["AuthzList", "AuthzSimple", "ObjectRegistry", "TlsCreds", "TlsCredsPsk",
            "TlsCredsX509", "UserObject"]
