@@ -1,6 +1,7 @@
 """Postcopy migration, livemig against QEMU on the same guest.
 
-    python benchmarks/bench_postcopy.py [--runs N] [--accel tcg kvm]
+    python benchmarks/bench_postcopy.py [--runs N] [--accel tcg kvm] [--preempt]
+        [--max-bandwidth BYTES_PER_S]
 
 The built-in guest (running), 150 MiB RAM, unix socket, postcopy-ram on
 both sides and postcopy-blocktime on the destination. Precopy runs with
@@ -13,6 +14,10 @@ read to the page being placed, mean and p99.
 
 Then the rescue case: precopy held to 50 MB/s and migrate-start-postcopy
 right after migrate (no first pass): the time from migrate to completed.
+
+--preempt sets postcopy-preempt on both sides (both VMMs). --max-bandwidth
+sets precopy's limit for the first case (the reference test's postcopy
+scenario uses 100 MB/s-class limits: 100000000).
 
 livemig and QEMU run in turn; the ratio column is livemig / QEMU.
 """
@@ -52,12 +57,13 @@ def _finish(kind: VmmKind, src: Vm, dst: Vm, started: float
     return info, dinfo, elapsed_ms
 
 
-def postcopy_run(kind: VmmKind, lab: VmLauncher) -> dict[str, float]:
+def postcopy_run(kind: VmmKind, lab: VmLauncher, extra_caps: list[str],
+                 bandwidth: int) -> dict[str, float]:
     src, dst, uri = start_pair(lab, kind, "postcopy")
     try:
-        _caps(src, ["postcopy-ram"])
-        _caps(dst, ["postcopy-ram", "postcopy-blocktime"])
-        src.cmd("migrate-set-parameters", **{"max-bandwidth": LINK_PLUS, "downtime-limit": 1})
+        _caps(src, ["postcopy-ram", *extra_caps])
+        _caps(dst, ["postcopy-ram", "postcopy-blocktime", *extra_caps])
+        src.cmd("migrate-set-parameters", **{"max-bandwidth": bandwidth, "downtime-limit": 1})
         src.wait_serial(b"B", timeout=300)
         src.cmd("migrate", uri=uri)
         wait_until(lambda: src.cmd("query-migrate").get("ram", {}).get("dirty-sync-count", 0)
@@ -78,12 +84,12 @@ def postcopy_run(kind: VmmKind, lab: VmLauncher) -> dict[str, float]:
         dst.kill()
 
 
-def immediate_run(kind: VmmKind, lab: VmLauncher) -> dict[str, float]:
+def immediate_run(kind: VmmKind, lab: VmLauncher, extra_caps: list[str]) -> dict[str, float]:
     """migrate at 50 MB/s, migrate-start-postcopy at once: migrate to completed."""
     src, dst, uri = start_pair(lab, kind, "postcopy-now")
     try:
-        _caps(src, ["postcopy-ram"])
-        _caps(dst, ["postcopy-ram"])
+        _caps(src, ["postcopy-ram", *extra_caps])
+        _caps(dst, ["postcopy-ram", *extra_caps])
         src.cmd("migrate-set-parameters", **{"max-bandwidth": 50_000_000})
         src.wait_serial(b"B", timeout=300)
         started = time.perf_counter()
@@ -98,18 +104,26 @@ def immediate_run(kind: VmmKind, lab: VmLauncher) -> dict[str, float]:
 
 def main() -> None:
     parser = arguments(__doc__)
+    parser.add_argument("--preempt", action="store_true", help="set postcopy-preempt")
+    parser.add_argument("--max-bandwidth", type=int, default=LINK_PLUS)
     args = parser.parse_args()
+    caps = ["postcopy-preempt"] if args.preempt else []
+    how = (" + postcopy-preempt" if args.preempt else "") + (
+        f", max-bandwidth {args.max_bandwidth / 1e6:g} MB/s"
+        if args.max_bandwidth != LINK_PLUS else "")
     lab = VmLauncher()
     units = {"start-postcopy to completed": "ms", "postcopy-blocktime": "ms",
              "postcopy-requests": ""}
     try:
         for accel in accelerators(args.accel):
-            a, b = compare(args.runs, accel, lambda kind: postcopy_run(kind, lab))
-            report(f"postcopy, running built-in guest, 150 MiB, unix ({accel})", a, b, units)
+            a, b = compare(args.runs, accel,
+                           lambda kind: postcopy_run(kind, lab, caps, args.max_bandwidth))
+            report(f"postcopy{how}, running built-in guest, 150 MiB, unix ({accel})",
+                   a, b, units)
             report(f"livemig fault latency, fault read to page placed ({accel})", a, [],
                    {"fault latency mean": "us", "fault latency p99": "us"})
-            a, b = compare(args.runs, accel, lambda kind: immediate_run(kind, lab))
-            report(f"postcopy at once, precopy held to 50 MB/s ({accel})", a, b,
+            a, b = compare(args.runs, accel, lambda kind: immediate_run(kind, lab, caps))
+            report(f"postcopy{how} at once, precopy held to 50 MB/s ({accel})", a, b,
                    {"migrate to completed": "ms"})
     finally:
         lab.close()

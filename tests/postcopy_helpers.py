@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from conftest import slowdown
 from migration_helpers import (
     migrate,
@@ -31,12 +33,17 @@ def enable_postcopy(src: Vm, dst: Vm) -> None:
 
 def postcopy_prepare(lab: VmLauncher, kind: VmmKind, uri: str | None = None,
                      src_extra: list[str] | None = None,
-                     dst_extra: list[str] | None = None) -> tuple[Vm, Vm, str]:
+                     dst_extra: list[str] | None = None,
+                     before_migrate: Callable[[Vm, Vm], None] | None = None,
+                     ) -> tuple[Vm, Vm, str]:
     """migrate_postcopy_prepare: both capabilities, a precopy that cannot
-    converge (1 ms downtime), one full pass done."""
+    converge (1 ms downtime), one full pass done. ``before_migrate``: more
+    settings for both sides (capabilities such as postcopy-preempt)."""
     uri = uri or f"unix:{lab.workdir / 'migsocket'}"
     src, dst = start_pair(lab, kind, uri, src_extra, dst_extra)
     enable_postcopy(src, dst)
+    if before_migrate is not None:
+        before_migrate(src, dst)
     set_parameter(src, "max-bandwidth", 100_000_000)
     set_parameter(src, "downtime-limit", 1)
     src.wait_serial(b"B", timeout=60 * slowdown(kind))

@@ -222,6 +222,21 @@ def test_header_round_trip_and_json_limits() -> None:
             codec.decode_object(text, "state")
 
 
+def test_preempt_flag_and_hello() -> None:
+    """postcopy-preempt: the header's flag round-trips and must be a bool;
+    the preempt channel begins with its own magic, anything else is refused."""
+    header = codec.Header(4096, 1 << 30, {"machine": "pc"}, preempt=True)
+    assert codec.read_header(codec.BufferedReader.over_bytes(header.encode())) == header
+    body = codec.encode_object({"machine": {"machine": "pc"}, "preempt": 1})
+    bad = codec.HEADER.pack(codec.MAGIC, codec.VERSION, 4096, 1 << 30, len(body)) + body
+    with pytest.raises(StreamError, match="postcopy-preempt flag"):
+        codec.read_header(codec.BufferedReader.over_bytes(bad))
+    codec.read_preempt_hello(codec.BufferedReader.over_bytes(codec.encode_preempt_hello()))
+    for wrong in (codec.CHANNEL_MAGIC, codec.MAGIC, b"LVM"):
+        with pytest.raises(StreamError):
+            codec.read_preempt_hello(codec.BufferedReader.over_bytes(wrong))
+
+
 def test_empty_discard_list_encodes() -> None:
     """Postcopy with nothing dirty at switchover (defect 12): no runs at all."""
     record = codec.Discard.from_runs(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))

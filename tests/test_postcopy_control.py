@@ -216,3 +216,34 @@ def test_postcopy_refused_without_userfaultfd(vmm_any_accel: VmmKind, lab: VmLau
     wait_for_status(src, "completed", timeout=120 * slowdown(kind))
     dst.wait_event("RESUME", timeout=60)
     assert dst.status() == "running"
+
+
+def test_postcopy_preempt_needs_postcopy_ram(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    """QEMU 7.2's rule and words: preempt only with postcopy-ram, on both sides."""
+    kind = vmm_any_accel
+    for vm in (lab.start(kind, "src"),
+               start_dest(lab, kind, "dst", f"unix:{lab.workdir / 'mig.sock'}")):
+        err = error_of(vm, "migrate-set-capabilities",
+                       {"capabilities": [{"capability": "postcopy-preempt", "state": True}]})
+        assert err["desc"] == "Postcopy preempt requires postcopy-ram", err
+        set_capability(vm, "postcopy-ram")
+        set_capability(vm, "postcopy-preempt")
+        caps = {c["capability"]: c["state"] for c in vm.cmd("query-migrate-capabilities")}
+        assert caps["postcopy-preempt"] is True
+
+
+def test_postcopy_preempt_on_the_source_only_fails_cleanly(livemig_tcg: VmmKind,
+                                                          lab: VmLauncher) -> None:
+    """A source with postcopy-preempt and a destination without: the
+    destination says which side lacks it, the source's guest runs on.
+    (livemig-only: the check is on livemig's stream header.)"""
+    uri = f"unix:{lab.workdir / 'mig.sock'}"
+    src, dst = lab.start(livemig_tcg, "src"), start_dest(lab, livemig_tcg, "dst", uri)
+    for vm in (src, dst):
+        set_capability(vm, "postcopy-ram")
+    set_capability(src, "postcopy-preempt")
+    migrate(src, uri)
+    dst.wait_exit(timeout=30)
+    assert "postcopy-preempt is set only on the source" in dst.stderr_text()
+    wait_until(lambda: src.cmd("query-migrate")["status"] == "failed", 30, "the source to fail")
+    assert src.status() == "running"

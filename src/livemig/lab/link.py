@@ -46,6 +46,7 @@ class Link:
         self._forward = _Bucket(rate) if rate else None
         self._lock = threading.Lock()
         self._sent = [0, 0]  # [source to destination, destination to source]
+        self._pair_forward: list[int] = []  # source to destination, per connection
         threading.Thread(target=self._accept, daemon=True, name="link-accept").start()
 
     @property
@@ -62,6 +63,11 @@ class Link:
         with self._lock:
             return self._sent[1]
 
+    def bytes_forward_on(self, index: int) -> int:
+        """Bytes relayed from the source on connection ``index`` (in accept order)."""
+        with self._lock:
+            return self._pair_forward[index]
+
     def _accept(self) -> None:
         while True:
             try:
@@ -75,11 +81,13 @@ class Link:
                 continue
             with self._lock:
                 self.pairs.append((left, right))
+                self._pair_forward.append(0)
+                index = len(self.pairs) - 1
             for a, b, way in ((left, right, 0), (right, left, 1)):
-                threading.Thread(target=self._pump, args=(a, b, way), daemon=True,
+                threading.Thread(target=self._pump, args=(a, b, way, index), daemon=True,
                                  name=f"link-pump-{way}").start()
 
-    def _pump(self, a: socket.socket, b: socket.socket, way: int) -> None:
+    def _pump(self, a: socket.socket, b: socket.socket, way: int, index: int) -> None:
         bucket = self._forward if way == 0 else None
         try:
             while data := a.recv(self.CHUNK):
@@ -88,6 +96,8 @@ class Link:
                 b.sendall(data)
                 with self._lock:
                     self._sent[way] += len(data)
+                    if way == 0:
+                        self._pair_forward[index] += len(data)
         except OSError:
             pass
         for sock in (a, b):

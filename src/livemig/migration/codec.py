@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
 MAGIC = b"LVMG"
 # 1: livemig 0.1 (untyped state, no UUID); 2: typed state, UUID in the header;
-# 3: multifd channels, compressed runs, xbzrle deltas, stream settings in the header.
-VERSION = 3
+# 3: multifd channels, compressed runs, xbzrle deltas, stream settings in the header;
+# 4: the postcopy-preempt channel (announced in the header, begun with PREEMPT_MAGIC).
+VERSION = 4
 
 HEADER = struct.Struct("<4sHIQI")      # magic, version, page size, RAM bytes, JSON length
 RUN = struct.Struct("<BQI")            # tag, first page, page count
@@ -64,6 +65,7 @@ TAG_HAVE = 0x42
 TAG_DONE = 0x43
 
 CHANNEL_MAGIC = b"LVMC"   # begins a multifd channel (a main channel begins with MAGIC)
+PREEMPT_MAGIC = b"LVMP"   # begins the postcopy-preempt channel (requested pages)
 MAX_DESCRIPTION = 1 << 20
 MAX_STATE = 16 << 20
 MAX_RUN_PAGES = 1 << 20
@@ -217,10 +219,13 @@ class Header:
     # How the pages travel: {"channels": n, "compression": "none"|"zlib"|"zstd"}
     # with multifd; None on a single channel.
     multifd: dict[str, Any] | None = None
+    # postcopy-preempt: a second channel follows (after any multifd ones)
+    # that carries the pages the destination asks for after switchover.
+    preempt: bool = False
 
     def encode(self) -> bytes:
         body = encode_object({"machine": self.machine, "uuid": self.uuid,
-                              "multifd": self.multifd})
+                              "multifd": self.multifd, "preempt": self.preempt})
         return HEADER.pack(MAGIC, VERSION, self.page_size, self.ram_size, len(body)) + body
 
 
@@ -241,7 +246,10 @@ def read_header(reader: Reader) -> Header:
             isinstance(multifd, dict) and type(multifd.get("channels")) is int
             and isinstance(multifd.get("compression"), str)):
         raise StreamError("malformed multifd settings in the header", offset)
-    return Header(page_size, ram_size, machine, uuid, multifd)
+    preempt = body.get("preempt", False)
+    if type(preempt) is not bool:
+        raise StreamError("malformed postcopy-preempt flag in the header", offset)
+    return Header(page_size, ram_size, machine, uuid, multifd, preempt)
 
 
 @dataclass(frozen=True)
@@ -263,6 +271,18 @@ def read_hello(reader: Reader) -> ChannelHello:
     if index >= count:
         raise StreamError(f"multifd channel {index} of {count} does not exist", offset)
     return ChannelHello(index, count)
+
+
+def encode_preempt_hello() -> bytes:
+    """Begins the postcopy-preempt channel."""
+    return PREEMPT_MAGIC
+
+
+def read_preempt_hello(reader: Reader) -> None:
+    offset = reader.offset
+    magic = reader.read(len(PREEMPT_MAGIC))
+    if magic != PREEMPT_MAGIC:
+        raise StreamError(f"not a livemig postcopy-preempt channel (magic {magic!r})", offset)
 
 
 # --- records ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from ..machine import Machine, RunState
 from ..memory import PAGE_SIZE
 from ..objects import ObjectRegistry
 from ..uffd import probe_missing
-from . import faults, jobthread, state
+from . import fault_trace, faults, jobthread, state
 from .channel import Channel, Listener, TakeFd
 from .codec import (
     DeltaRun,
@@ -44,6 +44,7 @@ from .codec import (
     ZeroRun,
     read_header,
     read_hello,
+    read_preempt_hello,
     read_record,
 )
 from .params import Settings
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 
     from .multifd import MultifdReceiver
     from .postcopy_dest import PostcopyDestination
+    from .preempt import PreemptReceiver
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,8 @@ class IncomingMigration:
         self._earlier_bytes = 0  # received on channels before the current one (recovery)
         self._service_failure: str | None = None  # why the fault service died, if it did
         self._multifd: MultifdReceiver | None = None
+        self._preempt_channel: Channel | None = None   # accepted, not yet read
+        self._preempt: PreemptReceiver | None = None     # reading, after switchover
         self.tls_refusals: list[str] = []  # TLS handshakes refused while waiting
         self._stats_lock = threading.Lock()  # multifd threads count pages too
 
@@ -154,6 +158,7 @@ class IncomingMigration:
             self._must(self.status.transition(S.NONE, S.SETUP))
             header = self._read_header(channel)
             self._accept_multifd(header)
+            self._preempt_channel = self._accept_preempt(header, self.listener)
             self.listener.close()
             self._must(self.status.transition(S.SETUP, S.ACTIVE))
             self.phase = Phase.PRECOPY_START
@@ -196,7 +201,13 @@ class IncomingMigration:
         self._on_failure(self.error)
 
     def _close_channel(self) -> None:
-        """Release the current channel (only this side's job thread calls it)."""
+        """Release the current channel(s) (only this side's job thread calls it)."""
+        preempt, self._preempt = self._preempt, None
+        if preempt is not None:
+            preempt.close()
+        idle, self._preempt_channel = self._preempt_channel, None
+        if idle is not None:
+            idle.close()
         channel, self._channel = self._channel, None
         writer, self._return = self._return, None
         if self.postcopy is not None:
@@ -266,6 +277,43 @@ class IncomingMigration:
             except BaseException:
                 channel.close()
                 raise
+
+    def _accept_preempt(self, header: Header, listener: Listener) -> Channel | None:
+        """postcopy-preempt's channel, when the header announces one."""
+        ours = self.settings.caps["postcopy-preempt"]
+        if header.preempt != ours:
+            side = "the source" if header.preempt else "this destination"
+            raise MigrationReceiveError(
+                f"postcopy-preempt is set only on {side} (set it on both sides)")
+        if not header.preempt:
+            return None
+        if not listener.can_accept_more:
+            raise MigrationReceiveError("postcopy-preempt needs a second connection: "
+                                        "use unix: or tcp:")
+        channel = listener.accept(postcopy=True, timeout=MULTIFD_ACCEPT_S, tls=self._tls)
+        try:
+            read_preempt_hello(channel.reader)
+        except BaseException:
+            channel.close()
+            raise
+        return channel
+
+    def _start_preempt(self) -> None:
+        """After switchover or recovery: read the preempt channel's pages."""
+        from .preempt import PreemptReceiver
+
+        channel, self._preempt_channel = self._preempt_channel, None
+        if channel is None:
+            return
+        assert self.postcopy is not None
+        main = self._channel
+
+        def broken(_reason: str) -> None:  # pause: the job sees its channel break
+            if main is not None:
+                main.abort()
+
+        self._preempt = PreemptReceiver(channel, self.postcopy, self._limits, self.stats,
+                                        self._stats_lock, broken)
 
     def _multifd_failed(self) -> None:
         """A multifd channel failed: wake the job thread off the main channel."""
@@ -337,17 +385,22 @@ class IncomingMigration:
             elif isinstance(record, PostcopyRun):
                 self._switch_over(channel)
             elif isinstance(record, End):
+                if self._preempt is not None:
+                    self._preempt.wait_end()
                 if self.postcopy is not None and self.postcopy.missing:
                     raise MigrationReceiveError(
                         f"stream ended with {self.postcopy.missing} pages still missing")
                 if self._multifd is not None:
                     self._multifd.finish()
                     self._close_multifd()
-                self.stats.transferred = (self._earlier_bytes + reader.offset
-                                          + self.stats.multifd_bytes)
+                self.stats.transferred = self._received(reader.offset)
                 return
-            self.stats.transferred = (self._earlier_bytes + reader.offset
-                                      + self.stats.multifd_bytes)
+            self.stats.transferred = self._received(reader.offset)
+
+    def _received(self, main_offset: int) -> int:
+        """Bytes received so far on every channel (earlier ones included)."""
+        preempt = self._preempt.received if self._preempt is not None else 0
+        return self._earlier_bytes + main_offset + self.stats.multifd_bytes + preempt
 
     def _load(self, channel: Channel, record: PageRun | ZeroRun) -> None:
         """Precopy: straight into RAM (nothing runs on it yet)."""
@@ -364,18 +417,22 @@ class IncomingMigration:
         """Postcopy: through the staging buffer, placed atomically with uffd."""
         postcopy = self.postcopy
         assert postcopy is not None
+        fault_trace.mark("received", record.first)
         if isinstance(record, PageRun):
             length = record.count * PAGE_SIZE
             if length > len(postcopy.staging):
                 raise MigrationReceiveError(
                     f"postcopy page run of {record.count} pages is larger than allowed")
             channel.reader.readinto(postcopy.staging[:length])
+            fault_trace.mark("read", record.first)
             postcopy.place(record.first, record.count)
-            self.stats.normal += record.count
-            self.stats.postcopy_bytes += length
+            with self._stats_lock:  # the preempt thread counts too
+                self.stats.normal += record.count
+                self.stats.postcopy_bytes += length
         else:
             postcopy.place_zero(record.first, record.count)
-            self.stats.duplicate += record.count
+            with self._stats_lock:
+                self.stats.duplicate += record.count
 
     # --- the end of precopy ----------------------------------------------------------------
     def _complete_precopy(self) -> None:
@@ -424,6 +481,7 @@ class IncomingMigration:
         channel.enter_postcopy()
         self._return = ReturnPath(channel)
         postcopy.attach(self._return.send)
+        self._start_preempt()
         self._must(self.status.transition(S.ACTIVE, S.POSTCOPY_ACTIVE))
         self._start_guest()
 
@@ -468,15 +526,17 @@ class IncomingMigration:
             listener = self._recover_listener
         try:
             channel = listener.accept(postcopy=True, tls=self._tls)
+            self._earlier_bytes = self.stats.transferred
+            self._channel = channel
+            self._must(self.status.transition(S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER))
+            self.phase = Phase.HEADER
+            header = self._read_header(channel)
+            # With postcopy-preempt both channels are made again, on this listener.
+            self._preempt_channel = self._accept_preempt(header, listener)
         finally:
             listener.close()
             with self._cond:
                 self._recover_listener = None
-        self._earlier_bytes = self.stats.transferred
-        self._channel = channel
-        self._must(self.status.transition(S.POSTCOPY_PAUSED, S.POSTCOPY_RECOVER))
-        self.phase = Phase.HEADER
-        self._read_header(channel)
         self.phase = Phase.RECOVERY
         offset = channel.reader.offset
         self.phase = advance(self.phase, read_record(channel.reader, self._limits), offset)
@@ -485,6 +545,7 @@ class IncomingMigration:
         if not self._return.send([PagesHeld.from_mask(self.postcopy.placed).encode()]):
             raise MigrationReceiveError("could not tell the source which pages are here")
         self.postcopy.attach(self._return.send)
+        self._start_preempt()
         self.postcopy.rerequest()
         self.error = None
         self._must(self.status.transition(S.POSTCOPY_RECOVER, S.POSTCOPY_ACTIVE))

@@ -36,6 +36,7 @@ from .codec import (
     PostcopyRun,
     State,
     Sync,
+    encode_preempt_hello,
 )
 from .convergence import Decision, PassLog, PassReport, Policy, PolicyError, load_policy
 from .multifd import MultifdSender, StreamSettings
@@ -106,6 +107,7 @@ class OutgoingMigration:
         self._stats_lock = threading.Lock()  # stats are counted by multifd threads too
         self.streams = stream_settings(settings)
         self._multifd: MultifdSender | None = None
+        self._preempt: Channel | None = None  # postcopy-preempt's channel, until switchover
         self.xbzrle: XbzrleEncoder | None = None  # from the second pass on, with the capability
 
     def _announce(self, status: Status) -> None:
@@ -181,7 +183,12 @@ class OutgoingMigration:
     def header(self) -> Header:
         uuid = self.machine.config.uuid if self.settings.caps["validate-uuid"] else None
         return Header(PAGE_SIZE, self.machine.ram.size, state.machine_description(self.machine),
-                      uuid, self.streams.header() if self.streams is not None else None)
+                      uuid, self.streams.header() if self.streams is not None else None,
+                      preempt=self._wants_preempt())
+
+    def _wants_preempt(self) -> bool:
+        caps = self.settings.caps
+        return caps["postcopy-ram"] and caps["postcopy-preempt"]
 
     # --- the job ------------------------------------------------------------------------
     @staticmethod
@@ -209,6 +216,8 @@ class OutgoingMigration:
             self._send(start, "precopy")
             if self.streams is not None:
                 self._open_multifd(self.streams)
+            if self._wants_preempt():
+                self._preempt = self._open_preempt(self.uri)
             tracker = self.machine.dirty_tracker()
             tracker.start()
             self._synced(first=True)
@@ -242,9 +251,10 @@ class OutgoingMigration:
                 except LivemigError as err:
                     log.warning("could not stop dirty tracking: %s", err)
             self._close_multifd()
-            channel, self._channel = self._channel, None
-            if channel is not None:
-                channel.close()
+            for channel in (self._channel, self._preempt):
+                if channel is not None:
+                    channel.close()
+            self._channel = self._preempt = None
 
     def _crashed(self, err: BaseException) -> None:
         """The catch-all: fail (guest resumed here) or, after switchover, pause."""
@@ -260,6 +270,9 @@ class OutgoingMigration:
             multifd = self._multifd
             if multifd is not None:
                 multifd.abort()
+            preempt = self._preempt
+            if preempt is not None:
+                preempt.abort()
         elif new == S.POSTCOPY_PAUSED and self.postcopy is not None:
             # The job thread is gone; a new one waits for the recovery.
             postcopy = self.postcopy
@@ -303,6 +316,19 @@ class OutgoingMigration:
             raise
         self._multifd = MultifdSender(channels, self.machine.ram, streams, self.limiter,
                                       self.stats, self._stats_lock)
+
+    def _open_preempt(self, uri: Uri, fd: int | None = None) -> Channel:
+        """postcopy-preempt's second connection (after any multifd ones)."""
+        if uri.scheme not in ("unix", "tcp") or fd is not None:
+            raise MigrationError("postcopy-preempt needs a second connection to the "
+                                 "destination: use unix: or tcp:")
+        channel = connect(uri, postcopy=True, tls=self.tls)
+        try:
+            channel.send([encode_preempt_hello()])
+        except BaseException:
+            channel.close()
+            raise
+        return channel
 
     def _barrier(self, kind: str, last: bool = False) -> None:
         """With multifd: every page queued so far lands before anything after
@@ -538,6 +564,7 @@ class OutgoingMigration:
         self.postcopy = postcopy
         self.stats.remaining = postcopy.left * PAGE_SIZE
         self._channel = None  # the postcopy sub-machine owns it from here
+        preempt, self._preempt = self._preempt, None  # and this one
         outcome: Outcome
         try:
             sent = channel.send(package)
@@ -546,10 +573,12 @@ class OutgoingMigration:
             channel.enter_postcopy()
         except OSError as err:
             channel.close()
+            if preempt is not None:
+                preempt.close()
             outcome = Paused(describe(err))
         else:
             self.times.downtime_ms = int((time.monotonic() - stopped_at) * 1000)
-            postcopy.attach(channel)
+            postcopy.attach(channel, preempt)
             try:
                 outcome = postcopy.serve()
             finally:
@@ -573,7 +602,15 @@ class OutgoingMigration:
                 channel.close()
                 outcome = Paused("postcopy recovery needs a socket (unix:, tcp: or fd:)")
                 continue
-            postcopy.attach(channel)
+            preempt = None
+            if self._wants_preempt():  # both channels are made again
+                try:
+                    preempt = self._open_preempt(uri, fd)
+                except (LivemigError, OSError) as err:
+                    channel.close()
+                    outcome = Paused(describe(err))
+                    continue
+            postcopy.attach(channel, preempt)
             try:
                 recovered = postcopy.handshake(self.header().encode())
                 if recovered is not None:

@@ -68,7 +68,7 @@ CAPABILITIES = (
 # Capabilities that change what goes on the wire and are not implemented:
 # refused when enabled, rather than silently ignored.
 UNSUPPORTED = {"rdma-pin-all", "compress", "x-colo", "block",
-               "dirty-bitmaps", "background-snapshot", "zero-copy-send", "postcopy-preempt",
+               "dirty-bitmaps", "background-snapshot", "zero-copy-send",
                "release-ram", "x-ignore-shared",
                "late-block-activate", "zero-blocks"}
 
@@ -175,6 +175,8 @@ class Settings:
             if item["state"] and name in UNSUPPORTED:
                 raise MigrationError(f"Capability '{name}' is not supported by livemig")
         merged = {**self.caps, **{item["capability"]: bool(item["state"]) for item in changes}}
+        if merged["postcopy-preempt"] and not merged["postcopy-ram"]:
+            raise MigrationError("Postcopy preempt requires postcopy-ram")  # QEMU 7.2's words
         if merged["dirty-limit"] and merged["auto-converge"]:
             # QEMU 8.1's check and words. (It also wants KVM with a dirty
             # ring; livemig limits from its own tracking on any accelerator.)

@@ -33,7 +33,7 @@ from ..machine import Machine
 from ..memory import PAGE_SHIFT, PAGE_SIZE
 from ..uffd import Userfaultfd
 from ..uffd import abi as uffd_abi
-from . import faults, jobthread
+from . import fault_trace, faults, jobthread
 from .codec import POSTCOPY_MAX_RUN, PageRequest
 from .pages import runs
 
@@ -92,6 +92,18 @@ class FaultLatency:
                 "max-us": round(float(us.max()), 1)}
 
 
+class Staging:
+    """Where one receiving thread reads a postcopy page run before
+    UFFDIO_COPY places it (a page must arrive whole before a vCPU sees it)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray(POSTCOPY_MAX_RUN * PAGE_SIZE)
+        # Safe: the bytearray is never resized and lives as long as self.
+        self.address = ctypes.addressof(
+            (ctypes.c_char * len(self._buffer)).from_buffer(self._buffer))
+        self.view = memoryview(self._buffer)
+
+
 class PostcopyDestination:
     """Placement and the fault service. The incoming job owns the status;
     this reports a dead fault service through ``on_crash`` (the job then
@@ -111,13 +123,8 @@ class PostcopyDestination:
         self.latency = FaultLatency([vcpu.native_id] if vcpu is not None else [])
         self._uffd = open_userfaultfd(accel)
         self._stop_r, self._stop_w = os.pipe()
-        # Staging for one postcopy record; UFFDIO_COPY reads from it (a page
-        # must arrive whole before any vCPU may see it).
-        self._staging = bytearray(POSTCOPY_MAX_RUN * PAGE_SIZE)
-        # Safe: the bytearray is never resized and lives as long as self.
-        self._staging_address = ctypes.addressof(
-            (ctypes.c_char * len(self._staging)).from_buffer(self._staging))
-        self.staging = memoryview(self._staging)
+        self._main_staging = Staging()   # the main channel's receiving thread's
+        self.staging = self._main_staging.view
         self._on_crash = on_crash
         self._thread: threading.Thread | None = None
 
@@ -166,16 +173,22 @@ class PostcopyDestination:
             raise MigrationReceiveError(
                 f"page {first + int(again[0])} was sent twice during postcopy")
 
-    def place(self, first: int, count: int) -> None:
-        """Place ``count`` pages from the staging buffer at page ``first``."""
+    def place(self, first: int, count: int, staging: Staging | None = None) -> None:
+        """Place ``count`` pages from ``staging`` (the main channel's by
+        default) at page ``first``. Two receiving threads may place at once
+        (postcopy-preempt): the source sends each page once, on one channel."""
         self._check_new(first, count)
-        self._uffd.copy(self.ram.address + (first << PAGE_SHIFT), self._staging_address,
+        fault_trace.mark("checked", first)
+        source = staging if staging is not None else self._main_staging
+        self._uffd.copy(self.ram.address + (first << PAGE_SHIFT), source.address,
                         count * PAGE_SIZE)
+        fault_trace.mark("placed", first)
         self._placed(first, count)
 
     def place_zero(self, first: int, count: int) -> None:
         self._check_new(first, count)
         self._uffd.zeropage(self.ram.address + (first << PAGE_SHIFT), count * PAGE_SIZE)
+        fault_trace.mark("placed", first)
         self._placed(first, count)
 
     def _placed(self, first: int, count: int) -> None:
@@ -218,6 +231,9 @@ class PostcopyDestination:
                 wanted = page_numbers[~self._requested[page_numbers]]
             if len(wanted) > 1:
                 wanted = np.unique(wanted)
+            if fault_trace.enabled:
+                for page in wanted.tolist():
+                    fault_trace.mark("fault", page)
             if len(wanted):
                 self._request(wanted)
 
@@ -238,6 +254,9 @@ class PostcopyDestination:
             return  # paused: rerequest() asks again after recovery
         send([PageRequest(int(first), int(count)).encode()
               for first, count in zip(starts, lengths, strict=True)])
+        if fault_trace.enabled:
+            for first in starts.tolist():
+                fault_trace.mark("request", first)
 
     # --- VMM access (qtest, pmemsave …) -------------------------------------------------
     def ensure_present(self, address: int, length: int) -> None:
@@ -263,6 +282,7 @@ class PostcopyDestination:
         """Every page is here: unregister, stop the fault service."""
         ram = self.ram
         ram.access_guard = None
+        fault_trace.flush()
         try:
             self._uffd.unregister(ram.address, ram.size)
         finally:

@@ -4,7 +4,14 @@ The guest is stopped here and runs on the destination. This side holds the
 pages the destination still lacks (``need``) and sends them: the
 return-path reader thread reads the destination's requests and sends those
 pages at once; the job thread sends the rest in the background, paced by
-``max-postcopy-bandwidth``.
+``max-postcopy-bandwidth``. With ``postcopy-preempt`` requested pages go on
+a channel of their own, so they never queue behind background data.
+
+A page is claimed (taken out of ``need``, under ``_send_lock``) and then
+sent with only its channel's lock held, so a background send blocked on a
+full socket never holds up a requested page. END goes out once nothing
+claimed is still being sent: first on the preempt channel, then on the
+main one.
 
 The port is narrow: the job hands a channel in (:meth:`attach`), runs the
 recovery handshake on it if it is a recovery channel (:meth:`handshake`),
@@ -28,7 +35,7 @@ import numpy as np
 
 from ..errors import LivemigError
 from ..memory import PAGE_SIZE, GuestRam
-from . import faults, jobthread
+from . import fault_trace, faults, jobthread
 from .channel import Channel
 from .codec import (
     POSTCOPY_MAX_RUN,
@@ -92,10 +99,16 @@ class PostcopySource:
         self._limits = Limits(ram.pages)
         self._left = int(need.sum())
         self._channel: Channel | None = None
+        self._preempt: Channel | None = None   # postcopy-preempt's page channel
         self._cond = threading.Condition()
-        # Held while sending and while changing need/_left/_cursor: the
-        # background sender and the return-path reader both send pages.
+        # Held while changing need/_left/_cursor/_in_flight: the background
+        # sender and the return-path reader both claim pages.
         self._send_lock = threading.Lock()
+        # One writer at a time on each channel (and on the stats they count).
+        self._main_lock = threading.Lock()
+        self._preempt_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._in_flight = 0  # runs claimed and not yet sent
         self._broken: str | None = None
         self._done = False
         self._resumed = False  # the destination's page bitmap came: need is rebuilt
@@ -120,19 +133,23 @@ class PostcopySource:
 
     def _break(self, reason: str) -> None:
         with self._cond:
-            channel = self._channel
+            channels = (self._channel, self._preempt)
             if self._broken is None:
                 self._broken = reason
             self._cond.notify_all()
-        if channel is not None:
-            channel.abort()
+        for channel in channels:  # either breaking pauses both
+            if channel is not None:
+                channel.abort()
 
     # --- the job thread -----------------------------------------------------------
-    def attach(self, channel: Channel) -> None:
-        """Use ``channel`` from now on and start reading its return path."""
+    def attach(self, channel: Channel, preempt: Channel | None = None) -> None:
+        """Use ``channel`` (and ``preempt`` for requested pages, with
+        postcopy-preempt) from now on and start reading the return path."""
         channel.shrink_send_buffer(POSTCOPY_SEND_BUFFER)
         with self._cond:
             self._channel = channel
+            self._preempt = preempt
+            self._in_flight = 0
             self._broken = None
             self._resumed = False
             self._end_sent = False
@@ -165,9 +182,10 @@ class PostcopySource:
                         if self._broken is not None:
                             return Paused(self._broken)
                         if self._done:
+                            fault_trace.flush()
                             return Done()
                         if not self._left:
-                            if not self._end_sent:
+                            if not self._end_sent and not self._in_flight:
                                 break
                             self._cond.wait()
                             continue
@@ -178,12 +196,13 @@ class PostcopySource:
                             continue
                         break
                 self._wait_writable()
-                with self._send_lock:
-                    if self._left:
-                        self._send_background(self._params["max-postcopy-bandwidth"])
-                    elif not self._end_sent:
-                        self._send([End().encode()])
-                        self._end_sent = True
+                if self._left:
+                    self._send_background(self._params["max-postcopy-bandwidth"])
+                elif not self._end_sent:
+                    if self._preempt is not None:
+                        self._send([End().encode()], preempt=True)
+                    self._send([End().encode()])
+                    self._end_sent = True
         except (LivemigError, OSError, EOFError) as err:
             self._break(describe(err))
             return Paused(self._broken or describe(err))
@@ -192,6 +211,10 @@ class PostcopySource:
         """End the use of the current channel: stop its reader, close it."""
         with self._cond:
             channel, self._channel = self._channel, None
+            preempt, self._preempt = self._preempt, None
+        if preempt is not None:  # nothing reads it here: close at once
+            preempt.abort()
+            preempt.close()
         if channel is None:
             return
         channel.abort()
@@ -212,8 +235,10 @@ class PostcopySource:
                 msg = read_return(channel.reader, self._limits)
                 faults.check("return-path")
                 if isinstance(msg, PageRequest):
+                    fault_trace.mark("request-read", msg.first)
                     self.stats.postcopy_requests += 1
                     self._send_requested(msg)
+                    fault_trace.mark("sent", msg.first)
                     continue
                 with self._send_lock, self._cond:
                     if isinstance(msg, PagesHeld):
@@ -247,53 +272,71 @@ class PostcopySource:
         poller.register(channel.sock.fileno(), select.POLLOUT)
         poller.poll(100)  # at worst the send below blocks, as it would anyway
 
-    def _send(self, buffers: list[bytes | memoryview]) -> None:
-        channel = self._channel
+    def _send(self, buffers: list[bytes | memoryview], preempt: bool = False) -> None:
+        """Send on the main channel (or the preempt one), one writer at a time."""
+        channel = self._preempt if preempt else self._channel
         if channel is None:
             raise LivemigError("no channel")
-        sent = channel.send(buffers)
-        self.stats.transferred += sent
-        self.stats.postcopy_bytes += sent
+        with self._preempt_lock if preempt else self._main_lock:
+            sent = channel.send(buffers)
+        with self._stats_lock:
+            self.stats.transferred += sent
+            self.stats.postcopy_bytes += sent
 
-    def _send_run(self, first: int, count: int) -> int:
-        """Send the needed pages of [first, +count) (count <= POSTCOPY_MAX_RUN).
-        The caller holds _send_lock."""
+    def _claim(self, first: int, count: int) -> ChunkRecords | None:
+        """Take the needed pages of [first, +count) (count <= POSTCOPY_MAX_RUN)
+        out of ``need``; the records to send them. The caller holds _send_lock."""
         mask = self.need[first:first + count].copy()
-        sent = int(mask.sum())
-        if not sent:
-            return 0
+        taken = int(mask.sum())
+        if not taken:
+            return None
         records = ChunkRecords(self.ram, first, mask)
-        self._send(records.buffers)
         self.need[first:first + count] = False
-        self._left -= sent
+        self._left -= taken
+        self._in_flight += 1
         stats = self.stats
         stats.duplicate += records.zero
         stats.normal += records.normal
         stats.remaining = self._left * PAGE_SIZE
-        return records.nbytes
+        return records
+
+    def _send_claimed(self, records: list[ChunkRecords], preempt: bool = False) -> None:
+        """Send runs claimed earlier; END may follow once none is in flight."""
+        try:
+            for run in records:
+                self._send(run.buffers, preempt)
+        finally:
+            with self._cond:
+                self._in_flight -= len(records)
+                self._cond.notify_all()
 
     def _send_requested(self, request: PageRequest) -> None:
         end = request.first + request.count
         with self._send_lock:
+            claimed = []
             for first in range(request.first, end, POSTCOPY_MAX_RUN):
-                self._send_run(first, min(POSTCOPY_MAX_RUN, end - first))
+                run = self._claim(first, min(POSTCOPY_MAX_RUN, end - first))
+                if run is not None:
+                    claimed.append(run)
             # Carry on in the background right after what was asked for: a
             # guest that faults on page n usually wants n+1 next.
             self._cursor = end % self.ram.pages
-        if not self._left:
-            with self._cond:
-                self._cond.notify_all()  # the background thread sends END
+        self._send_claimed(claimed, preempt=self._preempt is not None)
 
     def _send_background(self, limit: int) -> None:
-        """One background run from the cursor on. The caller holds _send_lock."""
-        after = self.need[self._cursor:]
-        if after.any():
-            first = self._cursor + int(np.argmax(after))
-        else:
-            first = int(np.argmax(self.need))
-        count = min(BACKGROUND_PAGES, self.ram.pages - first)
-        nbytes = self._send_run(first, count)
-        self._cursor = (first + count) % self.ram.pages
+        """One background run from the cursor on."""
+        with self._send_lock:
+            after = self.need[self._cursor:]
+            if after.any():
+                first = self._cursor + int(np.argmax(after))
+            else:
+                first = int(np.argmax(self.need))
+            count = min(BACKGROUND_PAGES, self.ram.pages - first)
+            run = self._claim(first, count)
+            self._cursor = (first + count) % self.ram.pages
+        if run is None:
+            return
+        self._send_claimed([run])
         if limit > 0:
             with self._cond:
-                self._next_send = max(self._next_send, time.monotonic()) + nbytes / limit
+                self._next_send = max(self._next_send, time.monotonic()) + run.nbytes / limit
