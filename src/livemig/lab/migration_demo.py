@@ -81,8 +81,15 @@ def _source_uri(dst: Vm, transport: str, incoming: str) -> str:
     return f"tcp:127.0.0.1:{address[0]['port']}"
 
 
-def _watch(src: Vm, console: Console) -> dict[str, Any]:
-    """A progress bar fed by query-migrate until the job ends."""
+# A migration still under way this long after sending all RAM three times
+# over at max-bandwidth is stuck: the demo says so rather than wait for ever.
+WATCH_SLACK_S = 120.0
+
+
+def _watch(src: Vm, console: Console, bandwidth: int) -> dict[str, Any]:
+    """A progress bar fed by query-migrate until the job ends (LabError if it
+    is stuck: see WATCH_SLACK_S)."""
+    started = time.monotonic()
     columns = (TextColumn("[bold]{task.fields[status]:>9}"), BarColumn(),
                TextColumn("{task.fields[moved]:>8} moved, {task.fields[left]:>8} left"),
                TextColumn("pass {task.fields[sync]}"),
@@ -103,6 +110,10 @@ def _watch(src: Vm, console: Console) -> dict[str, Any]:
                             mbps=f"{ram.get('mbps', 0):.0f}")
             if info["status"] in ("completed", "failed", "cancelled"):
                 return info
+            timeout = WATCH_SLACK_S + 3 * ram.get("total", 0) / max(bandwidth, 1)
+            if time.monotonic() - started > timeout:
+                raise LabError(f"the migration is still {info['status']} after {timeout:.0f} s"
+                               + (f": {info['error-desc']}" if info.get("error-desc") else ""))
             time.sleep(0.05)
 
 
@@ -138,7 +149,7 @@ def migration_demo(options: DemoOptions, console: Console | None = None,
         src.cmd("migrate", uri=_source_uri(dst, options.transport, incoming))
         if options.postcopy:
             src.cmd("migrate-start-postcopy")  # takes effect after the first pass
-        info = _watch(src, console)
+        info = _watch(src, console, options.bandwidth)
         console.print(info_migrate(info))
         if info["status"] != "completed":
             console.print(f"[red]migration {info['status']}: {info.get('error-desc', '')}[/red]")

@@ -199,10 +199,13 @@ class PostcopySource:
                 if self._left:
                     self._send_background(self._params["max-postcopy-bandwidth"])
                 elif not self._end_sent:
+                    # Marked before sending: the destination's DONE may be
+                    # read (on the other thread) before the send returns.
+                    with self._cond:
+                        self._end_sent = True
                     if self._preempt is not None:
                         self._send([End().encode()], preempt=True)
                     self._send([End().encode()])
-                    self._end_sent = True
         except (LivemigError, OSError, EOFError) as err:
             self._break(describe(err))
             return Paused(self._broken or describe(err))
