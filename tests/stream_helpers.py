@@ -24,8 +24,9 @@ DESCRIPTION = {"devices": ["port92", "serial0"], "machine": "pc", "ram-size": RA
 
 def header(magic: bytes = codec.MAGIC, version: int = codec.VERSION, page: int = 4096,
            ram: int = RAM, description: dict[str, Any] | None = None,
-           uuid: str | None = None, multifd: dict[str, Any] | None = None) -> bytes:
-    good = codec.Header(page, ram, description or DESCRIPTION, uuid, multifd).encode()
+           uuid: str | None = None, multifd: dict[str, Any] | None = None,
+           preempt: bool = False) -> bytes:
+    good = codec.Header(page, ram, description or DESCRIPTION, uuid, multifd, preempt).encode()
     return struct.pack("<4sH", magic, version) + good[6:]
 
 

@@ -28,6 +28,7 @@ from stream_helpers import (
 from test_migration_stream_errors import KIND
 
 from livemig.lab import VmLauncher, wait_until
+from livemig.migration import codec
 
 pytestmark = pytest.mark.skipif(LIVEMIG is None, reason="livemig not installed")
 
@@ -104,3 +105,61 @@ def test_destination_pauses_on_bad_postcopy_page(lab: VmLauncher, bad: bytes,
     assert dst.pmem(FIRST_MISSING * 4096, 4096) == PAGE   # placed once, intact
     assert dst.pmem(0, 16) == bytes(16)                     # zero-run page, present
     assert "Traceback" not in dst.stderr_text()
+
+
+@pytest.mark.parametrize("bad,expected", [
+    (run(1, FIRST_MISSING, 1) + PAGE, "was sent twice"),
+    (run(1, PAGES - 1, 2) + PAGE * 2, "outside guest RAM"),
+    (run(1, FIRST_MISSING + 1, 2048) + PAGE * 2048, "larger than allowed"),
+    (b"\x7f", "unknown record type 0x7f"),
+    (state_record(), "State record at byte offset 4113: only pages may come"),
+], ids=["page-twice", "page-past-end", "run-too-long", "unknown-record", "state-record"])
+def test_destination_pauses_on_bad_preempt_page(lab: VmLauncher, bad: bytes,
+                                                expected: str) -> None:
+    """The same, on postcopy-preempt's second connection: the main channel is
+    good, the requested-page channel lies; the destination pauses (both
+    channels are then made again at recovery)."""
+    path = lab.workdir / "in.sock"
+    dst = start_dest(lab, KIND, "dst", f"unix:{path}")
+    set_capability(dst, "postcopy-ram")
+    set_capability(dst, "postcopy-preempt")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as main, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as preempt:
+        main.connect(str(path))
+        main.sendall(header(preempt=True))
+        preempt.connect(str(path))
+        preempt.sendall(codec.encode_preempt_hello())
+        main.sendall(ADVISE + run(2, 0, PAGES) + discard(FIRST_MISSING, 1024) + state_record()
+                     + POSTCOPY_RUN)
+        wait_for_status(dst, "postcopy-active", timeout=30)
+        preempt.sendall(run(1, FIRST_MISSING, 1) + PAGE)          # a good page first
+        try:
+            preempt.sendall(bad)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        info = wait_until(lambda: (i := dst.cmd("query-migrate"))["status"] ==
+                          "postcopy-paused" and i, 30, "the destination to pause")
+    assert "postcopy-preempt channel" in info["error-desc"], info
+    assert expected in info["error-desc"], info
+    assert dst.status() == "paused"
+    assert dst.pmem(FIRST_MISSING * 4096, 4096) == PAGE   # placed once, intact
+    assert "Traceback" not in dst.stderr_text()
+
+
+def test_a_preempt_channel_with_a_bad_greeting_fails_the_load(lab: VmLauncher) -> None:
+    """Before switchover a bad second connection is a failed load: a clear
+    error and exit status 1, as for a bad main stream."""
+    path = lab.workdir / "in.sock"
+    dst = start_dest(lab, KIND, "dst", f"unix:{path}")
+    set_capability(dst, "postcopy-ram")
+    set_capability(dst, "postcopy-preempt")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as main, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as preempt:
+        main.connect(str(path))
+        main.sendall(header(preempt=True))
+        preempt.connect(str(path))
+        preempt.sendall(b"LVMG")  # a main channel's magic
+        assert dst.wait_exit(30) == 1
+    err = dst.stderr_text()
+    assert "load of migration failed: not a livemig postcopy-preempt channel" in err, err
+    assert "Traceback" not in err

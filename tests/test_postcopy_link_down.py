@@ -29,6 +29,7 @@ from postcopy_helpers import (
     enable_postcopy,
     postcopy_complete,
     postcopy_start,
+    set_capability,
     set_parameter,
 )
 
@@ -85,8 +86,9 @@ def _in_netns(lab: VmLauncher, kind: VmmKind, ns: str) -> VmmKind:
     return VmmKind(kind.label, str(wrapper), kind.accel)
 
 
+@pytest.mark.parametrize("preempt", [False, True], ids=["one-channel", "preempt"])
 def test_link_down_pauses_then_recovers(vmm_any_accel: VmmKind, lab: VmLauncher,
-                                        netns_pair: NetnsPair) -> None:
+                                        netns_pair: NetnsPair, preempt: bool) -> None:
     # Dead-peer detection is the channel's, not the accelerator's: tcg only
     # (postcopy recovery under kvm is the reference scenarios' job).
     vmm = vmm_any_accel
@@ -97,6 +99,9 @@ def test_link_down_pauses_then_recovers(vmm_any_accel: VmmKind, lab: VmLauncher,
     src = lab.start(_in_netns(lab, vmm, netns_pair.src_ns), "src")
     dst = lab.start(_in_netns(lab, vmm, netns_pair.dst_ns), "dst", extra=["-incoming", uri])
     enable_postcopy(src, dst)
+    if preempt:  # both connections cross the link; recovery makes both again
+        set_capability(src, "postcopy-preempt")
+        set_capability(dst, "postcopy-preempt")
     set_parameter(src, "max-bandwidth", 1_000_000_000)
     set_parameter(src, "downtime-limit", 1)
     set_parameter(src, "max-postcopy-bandwidth", 65536)

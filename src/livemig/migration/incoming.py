@@ -106,7 +106,9 @@ class IncomingMigration:
         self._take_fd = take_fd
         self._thread: threading.Thread | None = None
         self._earlier_bytes = 0  # received on channels before the current one (recovery)
-        self._service_failure: str | None = None  # why the fault service died, if it did
+        # Why a helper thread (the fault service, the preempt reader) broke the
+        # main channel: the pause reports this, not the broken read it caused.
+        self._helper_failure: str | None = None
         self._multifd: MultifdReceiver | None = None
         self._preempt_channel: Channel | None = None   # accepted, not yet read
         self._preempt: PreemptReceiver | None = None     # reading, after switchover
@@ -308,7 +310,8 @@ class IncomingMigration:
         assert self.postcopy is not None
         main = self._channel
 
-        def broken(_reason: str) -> None:  # pause: the job sees its channel break
+        def broken(reason: str) -> None:  # pause: the job sees its channel break
+            self._helper_failure = reason
             if main is not None:
                 main.abort()
 
@@ -487,7 +490,7 @@ class IncomingMigration:
 
     def _service_crashed(self, reason: str) -> None:
         """The fault service died: pause (the job sees the broken channel)."""
-        self._service_failure = reason
+        self._helper_failure = reason
         channel = self._channel
         if channel is not None:
             channel.abort()
@@ -504,8 +507,8 @@ class IncomingMigration:
     def _recover_loop(self, reason: str) -> None:
         """Pause; recover each time migrate-recover brings a channel; until END."""
         while True:
-            if self._service_failure is not None:
-                reason, self._service_failure = self._service_failure, None
+            if self._helper_failure is not None:
+                reason, self._helper_failure = self._helper_failure, None
             self.error = reason
             log.warning("postcopy paused: %s", reason)
             self.status.transition({S.POSTCOPY_ACTIVE, S.POSTCOPY_RECOVER}, S.POSTCOPY_PAUSED)

@@ -43,6 +43,7 @@ class PreemptReceiver:
         self._on_break = on_break
         self._staging = Staging()
         self._ended = threading.Event()
+        self._closing = False  # close() aborts the channel: the error that follows is ours
         self.failure: str | None = None
         self._thread = jobthread.start("mig/dst/preempt", self._run, self._crashed)
 
@@ -78,8 +79,8 @@ class PreemptReceiver:
                 return
             else:
                 raise MigrationReceiveError(
-                    f"{type(record).__name__} record on the postcopy-preempt channel "
-                    f"at offset {offset} (only pages may come on it)")
+                    f"{type(record).__name__} record at byte offset {offset}: "
+                    "only pages may come on this channel")
 
     def _crashed(self, err: BaseException) -> None:
         self._fail(jobthread.describe_crash(err))
@@ -87,7 +88,8 @@ class PreemptReceiver:
     def _fail(self, reason: str) -> None:
         self.failure = reason
         self._ended.set()
-        self._on_break(reason)
+        if not self._closing:
+            self._on_break(reason)
 
     @property
     def received(self) -> int:
@@ -103,6 +105,7 @@ class PreemptReceiver:
 
     def close(self) -> None:
         """Stop reading (abort wakes the thread) and close the channel."""
+        self._closing = True
         self.channel.abort()
         self._thread.join(END_WAIT_S)
         if not self._thread.is_alive():  # never close an fd a thread may still use
