@@ -3,7 +3,7 @@
     python benchmarks/bench_boot.py [--runs N] [--accel tcg kvm] [--seconds S]
 
 start-up: time from exec to the QMP greeting, and to the answer of the first
-command after it (query-status; alternating runs, medians).
+command after it (query-status; alternating runs, medians), per accelerator.
 guest speed: increment passes per second of the built-in guest, measured by
 sampling the byte at 1 MiB (it goes up by one per pass) over S seconds.
 """
@@ -78,12 +78,13 @@ def main() -> None:
     args = parser.parse_args()
     lab = VmLauncher()
     try:
-        ours_kind, qemu_kind = kinds("tcg")
-        ours, theirs = alternate(
-            args.runs, lambda: startup_once(ours_kind, lab),
-            (lambda: startup_once(qemu_kind, lab)) if qemu_kind else None)
-        report("start-up: exec to QMP greeting (tcg)", ours, theirs,
-               {"startup": "ms", "first answer": "ms"})
+        for accel in accelerators(args.accel):
+            ours_kind, qemu_kind = kinds(accel)
+            ours, theirs = alternate(
+                args.runs, lambda k=ours_kind: startup_once(k, lab),
+                (lambda k=qemu_kind: startup_once(k, lab)) if qemu_kind else None)
+            report(f"start-up: exec to QMP greeting ({accel})", ours, theirs,
+                   {"startup": "ms", "first answer": "ms"})
         for accel in accelerators(args.accel):
             ours_kind, qemu_kind = kinds(accel)
             seconds = args.seconds * (4 if accel == "kvm" else 1)

@@ -10,6 +10,7 @@ from livemig.chardev.spec import options_from_chardev_arg, options_from_short, s
 from livemig.cli.options import parse
 from livemig.cli.sizes import parse_size
 from livemig.devices import Uart16550
+from livemig.devices.system_control import Port92State
 from livemig.devices.uart import UartState
 from livemig.errors import AccelError, ConfigError, DeviceError, QmpError
 from livemig.migration.pages import runs
@@ -85,12 +86,38 @@ def test_uart_state_round_trip_and_output() -> None:
             UartState.from_dict(bad)
 
 
+def test_register_states_are_values() -> None:
+    """Device states (plain classes, not dataclasses: start-up) behave as
+    frozen value records: by position or name, equal by value, immutable."""
+    state = UartState(1, 2, dll=12)
+    assert (state.ier, state.lcr, state.dll, state.fcr) == (1, 2, 12, 0)
+    assert state == UartState(ier=1, lcr=2, dll=12) and state != UartState(ier=1)
+    assert hash(state) == hash(UartState(ier=1, lcr=2, dll=12))
+    assert list(state.to_dict()) == list(UartState.REGISTERS) == list(
+        ("ier", "lcr", "mcr", "scr", "dll", "dlm", "fcr"))
+    assert Port92State(2).value == 2 and Port92State().to_dict() == {"value": 0}
+    with pytest.raises(AttributeError):
+        state.ier = 5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        UartState(1, 2, 3, 4, 5, 6, 7, 8)    # one value too many
+    with pytest.raises(TypeError):
+        UartState(1, ier=1)                  # ier twice
+    with pytest.raises(TypeError):
+        UartState(x=1)                       # no such register
+
+
 def test_descriptor_decoding_and_cpu_state() -> None:
     flat_code = Segment.from_descriptor(0x08, 0x00CF9A000000FFFF)
     assert (flat_code.base, flat_code.limit, flat_code.type, flat_code.db, flat_code.g) == \
         (0, 0xFFFFFFFF, 0xA, 1, 1)
     state = CpuState.boot()
+    assert tuple(vars(flat_code)) == Segment.FIELDS   # the kvm backend relies on both
     assert CpuState.from_dict(state.to_dict()) == state
+    data = state.to_dict()
+    data["segments"]["cs"]["base"] = 0x1000   # to_dict shares nothing with the state
+    data["gprs"]["rax"] = 1
+    assert state.segments["cs"].base == 0 and state.gprs["rax"] == 0
+    assert CpuState.from_dict(data) != state
     with pytest.raises(AccelError):
         CpuState.from_dict({"gprs": {}})
 

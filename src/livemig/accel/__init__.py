@@ -7,15 +7,14 @@ backend: with it the guest does not execute (``None`` is returned).
 
 from __future__ import annotations
 
-import logging
-
 from ..devices import IoBus
 from ..errors import AccelError
+from ..logs import get_logger
 from ..memory import GuestRam
 from .base import Accelerator, Crashed, Halted, Kicked, RunResult, TripleFault
 from .cpustate import CpuState, Segment
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 KNOWN = ("kvm", "tcg", "qtest")
 

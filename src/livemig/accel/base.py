@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .cpustate import CpuState
 
@@ -12,23 +11,40 @@ if TYPE_CHECKING:
     from ..memory.dirty import DirtyTracker
 
 
-@dataclass(frozen=True)
-class Kicked:
+# What run() returns. Plain classes rather than dataclasses: start-up
+# imports this module, and a dataclass costs ~1 ms to create here.
+class _Outcome:
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Kicked(_Outcome):
     """``run`` returned because :meth:`Accelerator.kick` asked it to."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True)
-class Halted:
+
+class Halted(_Outcome):
     """The guest executed ``hlt``; with no interrupt source it stays halted."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True)
-class TripleFault:
+
+class TripleFault(_Outcome):
     """The guest reset itself the hard way."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True)
-class Crashed:
+
+class Crashed(NamedTuple):
     """The vCPU cannot continue; ``reason`` says why."""
 
     reason: str

@@ -8,7 +8,6 @@ and flag bits), which is the fullest description either backend can give.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import AccelError
@@ -23,20 +22,43 @@ CR0_RESET = 0x60000010  # CD | NW | ET, the value after power-on
 RFLAGS_RESET = 0x2
 
 
-@dataclass
-class Segment:
-    selector: int = 0
-    base: int = 0
-    limit: int = 0xFFFF
-    type: int = 3
-    present: int = 1
-    dpl: int = 0
-    db: int = 0
-    s: int = 1
-    l: int = 0  # noqa: E741  (the kernel's name for the long-mode bit)
-    g: int = 0
-    avl: int = 0
-    unusable: int = 0
+class _Record:
+    """Compares and prints by its attributes. The state classes here are
+    plain classes, not dataclasses: start-up imports this module, and a
+    dataclass costs about a millisecond to create."""
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and vars(other) == vars(self)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{name}={value!r}" for name, value in vars(self).items())
+        return f"{type(self).__name__}({values})"
+
+
+class Segment(_Record):
+    """A segment register with its hidden part, in KVM's field layout
+    (``vars()`` of one gives the fields in that order, ``FIELDS`` names them)."""
+
+    FIELDS = ("selector", "base", "limit", "type", "present", "dpl", "db", "s", "l", "g",
+              "avl", "unusable")
+
+    def __init__(self, selector: int = 0, base: int = 0, limit: int = 0xFFFF, type: int = 3,
+                 present: int = 1, dpl: int = 0, db: int = 0, s: int = 1,
+                 l: int = 0, g: int = 0, avl: int = 0, unusable: int = 0) -> None:  # noqa: E741 (l: the kernel's name)
+        self.selector = selector
+        self.base = base
+        self.limit = limit
+        self.type = type
+        self.present = present
+        self.dpl = dpl
+        self.db = db
+        self.s = s
+        self.l = l  # the kernel's name for the long-mode bit
+        self.g = g
+        self.avl = avl
+        self.unusable = unusable
 
     @classmethod
     def real_mode(cls, selector: int, code: bool = False) -> Segment:
@@ -68,22 +90,26 @@ def _boot_segments() -> dict[str, Segment]:
     return segments
 
 
-@dataclass
-class CpuState:
+class CpuState(_Record):
     """Everything of one x86 vCPU that a migration must carry."""
 
-    gprs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GPR_NAMES, 0))
-    rip: int = 0
-    rflags: int = RFLAGS_RESET
-    segments: dict[str, Segment] = field(default_factory=_boot_segments)
-    gdt: tuple[int, int] = (0, 0xFFFF)   # (base, limit)
-    idt: tuple[int, int] = (0, 0xFFFF)
-    cr0: int = CR0_RESET
-    cr2: int = 0
-    cr3: int = 0
-    cr4: int = 0
-    efer: int = 0
-    halted: bool = False
+    def __init__(self, gprs: dict[str, int] | None = None, rip: int = 0,
+                 rflags: int = RFLAGS_RESET, segments: dict[str, Segment] | None = None,
+                 gdt: tuple[int, int] = (0, 0xFFFF), idt: tuple[int, int] = (0, 0xFFFF),
+                 cr0: int = CR0_RESET, cr2: int = 0, cr3: int = 0, cr4: int = 0,
+                 efer: int = 0, halted: bool = False) -> None:
+        self.gprs = gprs if gprs is not None else dict.fromkeys(GPR_NAMES, 0)
+        self.rip = rip
+        self.rflags = rflags
+        self.segments = segments if segments is not None else _boot_segments()
+        self.gdt = gdt   # (base, limit)
+        self.idt = idt
+        self.cr0 = cr0
+        self.cr2 = cr2
+        self.cr3 = cr3
+        self.cr4 = cr4
+        self.efer = efer
+        self.halted = halted
 
     @classmethod
     def boot(cls, rip: int = 0x7C00, dl: int = 0x80) -> CpuState:
@@ -98,7 +124,10 @@ class CpuState:
         return bool(self.cr0 & CR0_PE)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """JSON-ready: plain dicts and lists, nothing shared with this state."""
+        data = dict(vars(self))
+        data["gprs"] = dict(self.gprs)
+        data["segments"] = {name: dict(vars(segment)) for name, segment in self.segments.items()}
         data["gdt"] = list(self.gdt)
         data["idt"] = list(self.idt)
         return data

@@ -10,7 +10,6 @@ interrupts the system call instead of killing the process.
 from __future__ import annotations
 
 import ctypes
-import logging
 import signal
 import threading
 from typing import TYPE_CHECKING
@@ -30,6 +29,7 @@ from ..kvm import (
     ShutdownExit,
     abi,
 )
+from ..logs import get_logger
 from ..memory import GuestRam
 from .base import Crashed, Halted, Kicked, RunResult, TripleFault
 from .cpustate import GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
@@ -37,7 +37,7 @@ from .cpustate import GPR_NAMES, SEGMENT_NAMES, CpuState, Segment
 if TYPE_CHECKING:
     from ..memory.dirty import DirtyTracker, KvmDirtyRingTracker
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 KICK_SIGNAL = signal.SIGUSR1
 RAM_SLOT = 0
@@ -161,7 +161,7 @@ class KvmAccelerator:
         for name in SEGMENT_NAMES:
             seg = getattr(sregs, name)
             state.segments[name] = Segment(**{
-                field: getattr(seg, field) for field in Segment.__dataclass_fields__
+                field: getattr(seg, field) for field in Segment.FIELDS
             })
         state.gdt = (sregs.gdt.base, sregs.gdt.limit)
         state.idt = (sregs.idt.base, sregs.idt.limit)

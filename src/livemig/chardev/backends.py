@@ -8,7 +8,6 @@ thread of its own). Which of the two a frontend uses depends on the frontend.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import sys
@@ -16,9 +15,10 @@ import threading
 from collections.abc import Callable
 
 from ..errors import ChardevError
+from ..logs import get_logger
 from .stream import Stream
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 OnConnect = Callable[[Stream], None]
 

@@ -9,7 +9,6 @@ status 1, as with QEMU.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -20,6 +19,7 @@ from typing import IO, Any
 from .. import QEMU_COMPAT_VERSION, __version__
 from .. import chardev as chardevs
 from ..errors import ConfigError, LivemigError
+from ..logs import get_logger
 from ..machine import Machine, MachineConfig
 from ..migration import MigrationManager
 from ..objects import ObjectRegistry
@@ -31,15 +31,7 @@ PROG = "livemig-system-x86_64"
 BOOT_SECTOR = 512
 BOOT_SIGNATURE = b"\x55\xaa"
 
-log = logging.getLogger("livemig")
-
-
-def setup_logging() -> None:
-    level = os.environ.get("LIVEMIG_LOG", "warning").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.WARNING),
-        format="%(asctime)s %(threadName)s %(name)s %(levelname)s: %(message)s",
-    )
+log = get_logger("livemig")
 
 
 def read_boot_sector(path: str) -> bytes:
@@ -185,10 +177,14 @@ class System:
         signal.signal(signal.SIGHUP, on_signal)
 
     def run(self) -> int:
-        self.machine.start()
-        self.migration.start_incoming()
-        for dev, handler in self._servers:
-            dev.serve(handler)
+        # Monitors first: a client waiting to connect gets its greeting
+        # before the tcg engine starts loading on a thread of its own. Its
+        # commands wait for the dispatch lock until the machine has started.
+        with self.qmp.dispatch_lock:
+            for dev, handler in self._servers:
+                dev.serve(handler)
+            self.machine.start()
+            self.migration.start_incoming()
         stop = self.machine.shutdown_requested
         while not stop.wait(0.5):
             pass
@@ -225,7 +221,6 @@ _DAEMON_PIPE: list[int] = []
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    setup_logging()
     # QMP accepts JSON nested as deep as QEMU does (jsonstream.MAX_NESTING).
     sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_NEEDED))
     try:

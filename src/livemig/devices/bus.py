@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import bisect
-import logging
 import threading
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import DeviceError
+from ..logs import get_logger
 from .base import PortDevice
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class _Mapping:
+class _Mapping(NamedTuple):
     base: int
     length: int
     device: PortDevice

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar
 
 from .base import RegisterState
 
 
-@dataclass(frozen=True)
 class DebugExitState(RegisterState):
     """isa-debug-exit has no state; the record still says the device exists."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar
 
 from .base import RegisterState, register
@@ -12,7 +11,6 @@ A20_ENABLE = 0x02
 FAST_RESET = 0x01
 
 
-@dataclass(frozen=True)
 class Port92State(RegisterState):
     DEVICE: ClassVar[str] = "port92"
     value: int = register()

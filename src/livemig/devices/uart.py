@@ -8,7 +8,6 @@ holding register empty, transmitter empty". There is no receive path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar
 
 from .base import RegisterState, register
@@ -32,7 +31,6 @@ MSR_IDLE = 0xB0  # DCD, DSR and CTS asserted: a cable with a listener on it
 _STATE_KEYS = ("ier", "lcr", "mcr", "scr", "dll", "dlm", "fcr")
 
 
-@dataclass(frozen=True)
 class UartState(RegisterState):
     """The UART's programmable registers (transmit is instant: no FIFO state)."""
 

@@ -1,12 +1,15 @@
-"""What ``KVM_RUN`` returned, as small frozen values the accelerator matches on."""
+"""What ``KVM_RUN`` returned, as small frozen values the accelerator matches on.
+
+NamedTuples and plain classes rather than dataclasses: a kvm start-up
+imports this module, and creating a dataclass costs about a millisecond.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class IoExit:
+class IoExit(NamedTuple):
     """KVM_EXIT_IO: a port access; for ``is_write`` data holds the bytes written."""
 
     port: int
@@ -16,8 +19,7 @@ class IoExit:
     data_offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class MmioExit:
+class MmioExit(NamedTuple):
     """KVM_EXIT_MMIO: an access to guest-physical memory with no RAM behind it."""
 
     address: int
@@ -25,29 +27,32 @@ class MmioExit:
     is_write: bool
 
 
-@dataclass(frozen=True, slots=True)
 class HltExit:
     """KVM_EXIT_HLT: the guest executed ``hlt`` (no in-kernel irqchip)."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
+
 class InterruptedExit:
     """KVM_RUN returned EINTR or KVM_EXIT_INTR: we kicked the vCPU."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
+
 class ShutdownExit:
     """KVM_EXIT_SHUTDOWN: a triple fault."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
+
 class DirtyRingFullExit:
     """KVM_EXIT_DIRTY_RING_FULL: the vCPU's dirty ring must be harvested
     and reset before it runs again."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
-class FailedExit:
+
+class FailedExit(NamedTuple):
     """Any other exit: the vCPU cannot go on (reason says which)."""
 
     reason: str

@@ -16,21 +16,20 @@ few periods without swinging. The machine has one vCPU, so the VM's rate is vCPU
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import MachineError
+from ..logs import get_logger
 from ..memory.ram import PAGE_SIZE
 
 if TYPE_CHECKING:
     from ..memory.shared_tracking import DirtyReader, SharedTracking
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_PERIOD_MS = 1000         # QEMU's measuring period for the limit
 TIMESLICE_US = 10_000            # the throttled vCPU's run slice (vcpu.THROTTLE_TIMESLICE_S)
@@ -38,10 +37,14 @@ MAX_SLEEP_SHARE = 0.99
 _STEP = 4.0                      # the running share moves by at most this factor a period
 
 
-@dataclass
 class VcpuLimit:
-    quota: int                   # MB/s (MiB/s, as QEMU counts)
-    current: int = 0             # measured over the last period, MB/s
+    """One vCPU's limit (a plain class: start-up imports this module)."""
+
+    __slots__ = ("current", "quota")
+
+    def __init__(self, quota: int, current: int = 0) -> None:
+        self.quota = quota        # MB/s (MiB/s, as QEMU counts)
+        self.current = current    # measured over the last period, MB/s
 
 
 class DirtyLimiter:

@@ -8,7 +8,6 @@ guest RAM.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from ..accel import (
 )
 from ..devices import IoBus, IsaDebugExit, RegisterState, SystemControlPortA, Uart16550
 from ..errors import DeviceError, MachineError
+from ..logs import get_logger
 from ..memory import GuestRam
 from ..memory.shared_tracking import SharedTracking
 from .config import MachineConfig
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..memory.dirty import DirtyTracker
     from ..memory.shared_tracking import DirtyReader
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 BOOT_ADDRESS = 0x7C00
 BOOT_DRIVE = 0x80

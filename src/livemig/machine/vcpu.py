@@ -10,15 +10,15 @@ a kick made after ``want_run`` was cleared can never be lost.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
 
 from ..accel import Accelerator, Halted, Kicked, RunResult
 from ..errors import MachineError
+from ..logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STOP_TIMEOUT = 10.0
 THROTTLE_TIMESLICE_S = 0.010  # a throttled vCPU's run slice, QEMU's 10 ms

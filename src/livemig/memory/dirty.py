@@ -21,7 +21,6 @@ accelerator-level mechanism sees.
 
 from __future__ import annotations
 
-import logging
 import mmap
 import threading
 import time
@@ -31,12 +30,13 @@ import numpy as np
 
 from ..kvm import KvmVm
 from ..kvm import abi as kvm_abi
+from ..logs import get_logger
 from ..uffd import Userfaultfd, probe_wp_async
 from ..uffd import abi as uffd_abi
 from ..uffd.pagemap import WrittenPageScanner
 from .ram import PAGE_SIZE, GuestRam
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _WORDS_PER_PAGE = PAGE_SIZE // 8
 _COMPARE_BLOCK = 4096  # pages compared per numpy call: bounds temporary memory

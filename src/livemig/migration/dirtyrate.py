@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MigrationError
@@ -40,15 +39,18 @@ SAMPLE_PAGES_DEFAULT = 512
 MODES = ("page-sampling", "dirty-ring", "dirty-bitmap")
 
 
-@dataclass
 class DirtyRateResult:
-    status: str = "unstarted"     # unstarted, measuring, measured
-    mode: str = "page-sampling"
-    sample_pages: int = 0
-    start_time: int = 0           # seconds on the monotonic clock, as QEMU's
-    calc_time: int = 0
-    rate: int | None = None       # MiB/s
-    vcpu_rates: list[int] | None = None  # dirty-ring mode: MiB/s per vCPU
+    """The last (or current) measurement, as query-dirty-rate reports it."""
+
+    def __init__(self, status: str = "unstarted", mode: str = "page-sampling",
+                 sample_pages: int = 0, start_time: int = 0, calc_time: int = 0) -> None:
+        self.status = status              # unstarted, measuring, measured
+        self.mode = mode
+        self.sample_pages = sample_pages
+        self.start_time = start_time      # seconds on the monotonic clock, as QEMU's
+        self.calc_time = calc_time
+        self.rate: int | None = None      # MiB/s
+        self.vcpu_rates: list[int] | None = None  # dirty-ring mode: MiB/s per vCPU
 
     def to_qmp(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status, "sample-pages": self.sample_pages,

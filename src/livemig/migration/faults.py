@@ -17,9 +17,10 @@ Without the variable, :func:`check` is one set lookup.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
+
+from ..logs import get_logger
 
 ENV = "LIVEMIG_INJECT_FAULT"
 POINTS = frozenset({"source-pass", "receive-precopy", "receive-postcopy", "fault-service",
@@ -28,7 +29,7 @@ POINTS = frozenset({"source-pass", "receive-precopy", "receive-postcopy", "fault
 _armed = {p for p in os.environ.get(ENV, "").split(",") if p}
 _lock = threading.Lock()
 if _armed - POINTS:  # a misspelt point would silently never fire
-    logging.getLogger(__name__).warning("%s: unknown fault points %s (known: %s)", ENV,
+    get_logger(__name__).warning("%s: unknown fault points %s (known: %s)", ENV,
                                         sorted(_armed - POINTS), sorted(POINTS))
 
 

@@ -14,13 +14,13 @@ brings a new channel. Every status change is a transition of
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LivemigError, MigrationError, MigrationReceiveError
+from ..logs import get_logger
 from ..machine import Machine, RunState
 from ..memory import PAGE_SIZE
 from ..objects import ObjectRegistry
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from .postcopy_dest import PostcopyDestination
     from .preempt import PreemptReceiver
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 S = Status
 MULTIFD_ACCEPT_S = 30.0  # how long the announced multifd channels may take to connect

@@ -10,11 +10,12 @@ itself fails is logged as critical; nothing is swallowed unseen.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 
-log = logging.getLogger(__name__)
+from ..logs import get_logger
+
+log = get_logger(__name__)
 
 CrashHandler = Callable[[BaseException], None]
 

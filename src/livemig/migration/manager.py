@@ -15,7 +15,6 @@ so the first migrate does not pay about a quarter of a second for them.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MigrationError
+from ..logs import get_logger
 from ..machine import Machine, RunState
 from ..objects import ObjectRegistry
 from .params import Settings
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 CLEANUP_WAIT_S = 10.0
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def _import_job_modules() -> None:

@@ -25,7 +25,6 @@ job owns its status machine.
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import LivemigError, MigrationError, MigrationReceiveError
+from ..logs import get_logger
 from ..memory import PAGE_SIZE, GuestRam
 from . import jobthread
 from .channel import Channel
@@ -51,7 +51,7 @@ from .pages import ChunkRecords
 from .phases import CHANNEL_ACCEPTS, Phase, advance
 from .stats import RamStats, RateLimiter
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _POLL_S = 0.1  # how often a blocked submit looks for a failed channel
 END_WAIT_S = 30.0  # how long the destination waits for a channel's end after the main one

@@ -11,7 +11,6 @@ transition of ``self.status``; the job thread ends in a catch-all
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LivemigError, MigrationError
+from ..logs import get_logger
 from ..machine import Machine, RunState
 from ..machine.dirty_limit import DEFAULT_PERIOD_MS as DEFAULT_LIMIT_PERIOD_MS
 from ..memory import PAGE_SIZE
@@ -49,7 +49,7 @@ from .tls import TlsConfig
 from .uri import Uri
 from .xbzrle import XbzrleEncoder
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 S = Status
 # Live rates (mbps, expected-downtime) are refreshed this often during a

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import logging
 import os
 import select
 import threading
@@ -29,6 +28,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..errors import MachineError, MigrationReceiveError, UffdError
+from ..logs import get_logger
 from ..machine import Machine
 from ..memory import PAGE_SHIFT, PAGE_SIZE
 from ..uffd import Userfaultfd
@@ -37,7 +37,7 @@ from . import fault_trace, faults, jobthread
 from .codec import POSTCOPY_MAX_RUN, PageRequest
 from .pages import runs
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # How long VMM code (qtest, pmemsave) waits for a page that has not arrived.
 ACCESS_WAIT_S = 30.0

@@ -24,7 +24,6 @@ are resent.
 
 from __future__ import annotations
 
-import logging
 import select
 import threading
 import time
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LivemigError
+from ..logs import get_logger
 from ..memory import PAGE_SIZE, GuestRam
 from . import fault_trace, faults, jobthread
 from .channel import Channel
@@ -52,7 +52,7 @@ from .codec import (
 from .pages import ChunkRecords
 from .stats import RamStats
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Background pages go out in runs of at most this many pages (512 KiB):
 # longer runs stream faster, shorter ones make a page a vCPU waits for queue

@@ -10,13 +10,13 @@ the channel, through :meth:`close`, which waits for a write in flight.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Sequence
 
+from ..logs import get_logger
 from .channel import Channel
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class ReturnPath:

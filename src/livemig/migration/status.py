@@ -14,14 +14,14 @@ failure.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Collection
 from enum import StrEnum
 
 from ..errors import MigrationError
+from ..logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class Status(StrEnum):

@@ -7,8 +7,7 @@ server: the registry, the handlers and the server form no import cycle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..chardev import Stream
 from ..machine import Machine
@@ -22,8 +21,7 @@ class Session(Protocol):
     stream: Stream
 
 
-@dataclass
-class QmpContext:
+class QmpContext(NamedTuple):
     machine: Machine
     session: Session
     migration: MigrationManager | None = None

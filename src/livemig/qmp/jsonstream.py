@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_VALUE = 64 << 20  # bytes one value may take before it is refused
 MAX_NESTING = 1024    # QEMU's limit on nested objects and arrays together
@@ -22,8 +21,7 @@ RECURSION_NEEDED = 4 * MAX_NESTING
 _KEYWORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-@dataclass(frozen=True)
-class ParseError:
+class ParseError(NamedTuple):
     message: str
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .schema import Schema
 
@@ -14,8 +13,7 @@ if TYPE_CHECKING:
 Handler = Callable[..., Any]
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     name: str
     schema: Schema
     handler: Handler

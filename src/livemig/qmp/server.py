@@ -14,7 +14,6 @@ a migration job never waits for a slow client.
 from __future__ import annotations
 
 import json
-import logging
 import queue
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 from ..chardev import Stream
 from ..errors import LivemigError, QmpError
+from ..logs import get_logger
 from ..machine import Machine
 from ..migration import MigrationManager
 from ..objects import ObjectRegistry
@@ -31,7 +31,7 @@ from .registry import COMMANDS, call
 from .schema import check_arguments
 from .version import version_info
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 OUTBOX_LIMIT = 4096  # messages a client may lag behind before it is disconnected
 
@@ -92,9 +92,14 @@ class QmpSession:
                 lambda: self._dropped.is_set() or not self._outbox.unfinished_tasks, timeout)
 
     def run(self) -> None:
+        # The greeting is written here, before the writer thread exists: no
+        # other message can come first, and it saves a thread hand-off at
+        # start-up (while the tcg engine loads on another thread).
+        greeting = {"QMP": {"version": version_info(), "capabilities": ["oob"]}}
+        if not self.stream.write(_line(greeting)):
+            return
         writer = threading.Thread(target=self._write_loop, name="qmp-writer", daemon=True)
         writer.start()
-        self.send({"QMP": {"version": version_info(), "capabilities": ["oob"]}})
         if self.server.migration is not None:
             # Start-up is over once a client has its greeting: now load what
             # a first migrate would otherwise pay for (manager.warm_up).

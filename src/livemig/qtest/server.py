@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import IO
 
 from ..chardev import Stream
+from ..logs import get_logger
 from ..machine import Machine
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _SIZES = {"b": 1, "w": 2, "l": 4, "q": 8}
 
