@@ -243,3 +243,35 @@ def test_empty_discard_list_encodes() -> None:
     got = codec.read_record(codec.BufferedReader.over_bytes(record.encode()), LIMITS)
     assert isinstance(got, codec.Discard) and got.runs() == []
     assert not got.mask(PAGES).any()
+
+
+_ZERO_CASE_PAGES = 64
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["zero", "first-word", "last-word", "middle", "full"]),
+                min_size=_ZERO_CASE_PAGES, max_size=_ZERO_CASE_PAGES),
+       st.lists(st.booleans(), min_size=_ZERO_CASE_PAGES, max_size=_ZERO_CASE_PAGES))
+def test_zero_page_detection_matches_a_byte_by_byte_check(kinds: list[str],
+                                                          dirty: list[bool]) -> None:
+    """ChunkRecords sends a dirty page as a zero run exactly when every byte
+    of it is zero, whichever word holds its data (the first word is looked
+    at first, the rest only when it is zero)."""
+    from livemig.memory import GuestRam
+    from livemig.migration.pages import ChunkRecords
+
+    ram = GuestRam(_ZERO_CASE_PAGES * 4096)
+    try:
+        offsets = {"first-word": 0, "last-word": 4095, "middle": 2048}
+        for page, kind in enumerate(kinds):
+            if kind == "full":
+                ram.fill(page * 4096, 4096, 0xA5)
+            elif kind != "zero":
+                ram.fill(page * 4096 + offsets[kind], 1, 0x01)
+        mask = np.array(dirty, dtype=bool)
+        records = ChunkRecords(ram, 0, mask)
+        expected_zero = sum(1 for k, d in zip(kinds, dirty, strict=True) if d and k == "zero")
+        assert records.zero == expected_zero
+        assert records.normal == sum(dirty) - expected_zero
+    finally:
+        ram.close()

@@ -21,7 +21,7 @@ WITH_ARG = {
     "device", "vga", "cpu", "uuid", "object",
 }
 FLAGS = {"S", "nodefaults", "enable-kvm", "daemonize", "nographic", "no-reboot",
-         "no-shutdown", "version", "help", "h"}
+         "no-shutdown", "version", "help", "h", "mem-prealloc"}
 
 MACHINE_TYPES = ("pc", "q35", "pc-i440fx", "pc-q35")
 ACCELERATORS = ("kvm", "tcg", "qtest")
@@ -56,6 +56,7 @@ class SystemOptions:
         self.start_paused = False
         self.nodefaults = False
         self.no_reboot = False
+        self.mem_prealloc = False
         self.debug_exit: DebugExitConfig | None = None
         self.show_version = False
         self.show_help = False
@@ -259,6 +260,8 @@ def _flag(o: SystemOptions, name: str) -> None:
         o.daemonize = True
     elif name == "no-reboot":
         o.no_reboot = True
+    elif name == "mem-prealloc":
+        o.mem_prealloc = True
     elif name == "version":
         o.show_version = True
     elif name in ("help", "h"):
@@ -349,7 +352,8 @@ A QEMU-compatible virtual machine monitor (one x86 vCPU, no BIOS: the first
   -qtest-log FILE                    log qtest traffic
   -incoming URI | defer              wait for an incoming migration
   -device isa-debug-exit,iobase=0xf4,iosize=0x04
-  -S  -nodefaults  -display none  -no-reboot  -daemonize  -pidfile FILE  -version
+  -S  -nodefaults  -display none  -no-reboot  -mem-prealloc  -daemonize  -pidfile FILE
+  -version
 
 Logging: set LIVEMIG_LOG=debug|info|warning (default: warnings only).
 """

@@ -83,6 +83,7 @@ class System:
             no_reboot=opts.no_reboot,
             uuid=opts.uuid,
             kvm_dirty_ring_size=opts.kvm_dirty_ring_size,
+            mem_prealloc=opts.mem_prealloc,
         )
         self.machine = Machine(config, serial.write if serial else (lambda _b: None),
                                self.relay, self._exit_now)

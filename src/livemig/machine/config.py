@@ -21,7 +21,8 @@ class MachineConfig:
                  boot_sector: bytes | None = None, name: str | None = None,
                  start_paused: bool = False, incoming: bool = False,
                  debug_exit: DebugExitConfig | None = None, no_reboot: bool = False,
-                 uuid: str | None = None, kvm_dirty_ring_size: int = 0) -> None:
+                 uuid: str | None = None, kvm_dirty_ring_size: int = 0,
+                 mem_prealloc: bool = False) -> None:
         self.ram_size = ram_size
         self.accelerators = accelerators if accelerators is not None else ["tcg"]
         self.boot_sector = boot_sector
@@ -32,6 +33,7 @@ class MachineConfig:
         self.no_reboot = no_reboot
         self.uuid = uuid  # -uuid, lower-case canonical form; None: not set
         self.kvm_dirty_ring_size = kvm_dirty_ring_size  # -accel kvm,dirty-ring-size=N
+        self.mem_prealloc = mem_prealloc  # -mem-prealloc: back all RAM at start-up
 
     def __repr__(self) -> str:
         return f"MachineConfig({vars(self)!r})"

@@ -58,6 +58,12 @@ class Machine:
         self.lock = threading.RLock()
         self._emit = emit
         self.ram = GuestRam(config.ram_size)
+        if config.mem_prealloc:
+            try:
+                self.ram.populate()
+            except BaseException:
+                self.ram.close()
+                raise
         self.bus = IoBus()
         self.serial = Uart16550(serial_output)
         self.port92 = SystemControlPortA(self.request_reset)

@@ -9,6 +9,7 @@ copy of guest memory in the process.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import threading
 from collections.abc import Callable
@@ -28,6 +29,8 @@ PROT_READ, PROT_WRITE = 0x1, 0x2
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x02, 0x20, 0x4000
 MAP_FAILED = ctypes.c_void_p(-1).value
 MADV_DONTNEED = 4
+MADV_POPULATE_WRITE = 23  # Linux 5.14: fault the range in, writable, in one call
+EHWPOISON = 133  # <asm-generic/errno.h>; not in Python's errno module
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -111,6 +114,26 @@ class GuestRam:
         # Safe: check_range proved [address, +length) lies inside the mapping.
         ctypes.memset(self.address + address, value & 0xFF, length)
         self.mark_dirty(address, length)
+
+    def populate(self) -> None:
+        """-mem-prealloc: back every page now (MADV_POPULATE_WRITE; on an
+        older kernel, one write per page), so neither the guest nor an
+        incoming migration pays a page fault per first touch later (on the
+        project's machines that fault costs 5 µs: a fresh destination cannot
+        take more than ~0.75 GB/s without it). Called before anything uses
+        the RAM, so the writes of the fallback change nothing."""
+        if _libc.madvise(self.address, self.size, MADV_POPULATE_WRITE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code in (errno.ENOMEM, errno.EFAULT, EHWPOISON):
+            raise BootError("could not preallocate guest RAM: "
+                            "insufficient free host memory pages available")
+        # EINVAL: no MADV_POPULATE_WRITE here. Write each page's first byte
+        # (a zero over a zero: the RAM is fresh) through a strided view.
+        import numpy as np
+
+        pages = np.frombuffer(self._buffer, dtype=np.uint8)[::PAGE_SIZE]
+        pages[:] = 0
 
     def discard(self, address: int, length: int) -> None:
         """Drop the pages of [address, +length) (MADV_DONTNEED): they read
