@@ -7,7 +7,8 @@
    total-time, downtime, setup-time, ram.transferred and mbps.
 2. An idle guest (never started, -S) whose RAM is all non-zero (filled with
    qtest ``memset``), for raw throughput: MB/s = transferred / total-time.
-   ``--prealloc`` starts both destinations with ``-mem-prealloc``.
+``--prealloc`` starts every destination (both VMMs, both parts) with
+``-mem-prealloc``.
 
 livemig and QEMU run in turn; the ratio column is livemig / QEMU.
 """
@@ -47,8 +48,8 @@ def _migrate(src, dst, uri: str) -> dict:  # type: ignore[no-untyped-def, type-a
     return info
 
 
-def running_guest(kind: VmmKind, lab: VmLauncher) -> dict[str, float]:
-    src, dst, uri = start_pair(lab, kind, "precopy")
+def running_guest(kind: VmmKind, lab: VmLauncher, prealloc: bool = False) -> dict[str, float]:
+    src, dst, uri = start_pair(lab, kind, "precopy", ["-mem-prealloc"] if prealloc else None)
     try:
         src.wait_serial(b"B", timeout=300)
         info = _migrate(src, dst, uri)
@@ -104,8 +105,11 @@ def main() -> None:
              "mbps": "Mb/s"}
     try:
         for accel in accelerators(args.accel) if args.runs > 0 else []:
-            a, b = compare(args.runs, accel, lambda kind: running_guest(kind, lab))
-            report(f"precopy, running built-in guest, 150 MiB, unix ({accel})", a, b, units)
+            a, b = compare(args.runs, accel,
+                           lambda kind: running_guest(kind, lab, args.prealloc))
+            where = ", destinations with -mem-prealloc" if args.prealloc else ""
+            report(f"precopy, running built-in guest, 150 MiB, unix ({accel}{where})", a, b,
+                   units)
         if args.idle_runs <= 0:
             return
         ours, theirs = kinds("tcg")

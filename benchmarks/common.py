@@ -31,12 +31,13 @@ def arguments(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
-def start_pair(lab: VmLauncher, kind: VmmKind, name: str) -> tuple[Vm, Vm, str]:
+def start_pair(lab: VmLauncher, kind: VmmKind, name: str,
+               dst_extra: list[str] | None = None) -> tuple[Vm, Vm, str]:
     """A booting source and a destination waiting on a unix socket."""
     socket_path = lab.workdir / f"{name}.sock"
     uri = f"unix:{socket_path}"
     src = lab.start(kind, f"{name}-src")
-    dst = lab.start(kind, f"{name}-dst", extra=["-incoming", uri])
+    dst = lab.start(kind, f"{name}-dst", extra=["-incoming", uri, *(dst_extra or [])])
     wait_until(socket_path.exists, 30, "the destination socket")
     return src, dst, uri
 
