@@ -439,22 +439,28 @@ system.close()
 """
 
 
-@pytest.mark.parametrize("accel", ["tcg", "kvm"])
+@pytest.mark.parametrize("accel,incoming", [("tcg", False), ("kvm", False), ("tcg", True)],
+                         ids=["tcg", "kvm", "tcg-incoming-unix"])
 def test_building_a_machine_loads_no_engine_no_migration_job_and_nothing_slow(
-        lab: VmLauncher, accel: str) -> None:
+        lab: VmLauncher, accel: str, incoming: bool) -> None:
     """Everything start-up does before the monitors serve (options, chardevs,
-    machine, QMP, migration manager) leaves Unicorn, numpy and the job
-    modules unloaded (they are what made start-up 8x QEMU's), and logging
-    and dataclasses too."""
+    machine, QMP, migration manager; with ``-incoming unix:`` the bound
+    listener too) leaves Unicorn, numpy and the job modules unloaded (they
+    are what made start-up 8x QEMU's), and logging and dataclasses too."""
     if accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
         pytest.skip("/dev/kvm is not available")
     qmp = lab.workdir / "build-only.qmp"
     argv = [sys.executable, "-c", _BUILD_ONLY, "-machine", f"accel={accel}", "-m", "150M",
             "-display", "none", "-nodefaults", "-qmp", f"unix:{qmp},server=on,wait=off"]
+    if incoming:
+        argv += ["-incoming", f"unix:{lab.workdir / 'in.sock'}"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
     loaded = set(done.stdout.split())
     assert "livemig.machine.machine" in loaded, done.stdout  # the check itself works
     unwanted = HEAVY | ENGINE | SLOW_STDLIB
+    if incoming:
+        assert "livemig.migration.listener" in loaded, done.stdout
+        unwanted |= {"livemig.migration.codec", "livemig.migration.channel", "ssl"}
     assert not unwanted & loaded, sorted(unwanted & loaded)
 
 

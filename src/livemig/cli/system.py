@@ -179,13 +179,15 @@ class System:
 
     def run(self) -> int:
         # Monitors first: a client waiting to connect gets its greeting
-        # before the tcg engine starts loading on a thread of its own. Its
-        # commands wait for the dispatch lock until the machine has started.
+        # before the incoming job's modules and the tcg engine load (the
+        # engine on a thread of its own, last, so the two do not contend
+        # for the GIL). Commands wait for the dispatch lock until all is up.
         with self.qmp.dispatch_lock:
             for dev, handler in self._servers:
                 dev.serve(handler)
-            self.machine.start()
+            self.machine.start(load_engine=False)
             self.migration.start_incoming()
+            self.machine.load_engine()
         stop = self.machine.shutdown_requested
         while not stop.wait(0.5):
             pass

@@ -101,10 +101,11 @@ class Machine:
             self.accel.code_changed(BOOT_ADDRESS, len(sector))
             self.accel.set_state(CpuState.boot(BOOT_ADDRESS, BOOT_DRIVE))
 
-    def start(self) -> None:
-        """Enter the initial run state (after the servers are listening)."""
-        if self.accel is not None:
-            self.accel.preload()
+    def start(self, load_engine: bool = True) -> None:
+        """Enter the initial run state (after the servers are listening).
+        ``load_engine=False``: the caller calls :meth:`load_engine` later."""
+        if load_engine:
+            self.load_engine()
         with self.lock:
             if self.config.incoming:
                 self.runstate = RunState.INMIGRATE
@@ -112,6 +113,11 @@ class Machine:
                 self._start_vcpus(emit_resume=False)
             else:
                 self.runstate = RunState.PRELAUNCH
+
+    def load_engine(self) -> None:
+        """Have the accelerator build its engine in the background (once)."""
+        if self.accel is not None:
+            self.accel.preload()
 
     # --- run-state control (call with self.lock held) ---------------------------
     @property

@@ -11,18 +11,18 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import MigrationError
 from .codec import BufferedReader
+from .listener import Listener, TakeFd, incoming_fd, tcp_host
 from .uri import Uri
 
 if TYPE_CHECKING:
     from .tls import TlsConfig, TlsSession
 
 IOV_MAX = 1024
-BACKLOG = 256  # a main channel and up to 255 multifd channels may queue at once
 SOCKET_BUFFER = 4 << 20  # 4 MiB each way: ~1.7x the loopback throughput of the default
 _SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>: root may exceed wmem_max
 
@@ -53,7 +53,7 @@ PRECOPY_DEAD_PEER_MS = 0  # 0: the kernel's own retransmission limits
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 1, 1, 3
 
 
-def _watch_tcp_peer(sock: socket.socket, postcopy: bool) -> None:
+def watch_tcp_peer(sock: socket.socket, postcopy: bool) -> None:
     """Set keepalive and the phase's dead-peer timeout on a TCP socket."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -125,7 +125,7 @@ class Channel:
     def enter_postcopy(self) -> None:
         """From switchover on, a silent TCP peer is dead after 4 s (see above)."""
         if self.sock is not None and self.tcp:
-            _watch_tcp_peer(self.sock, postcopy=True)
+            watch_tcp_peer(self.sock, postcopy=True)
 
     def describe_write_error(self, err: OSError) -> str:
         """error-desc for a failed write, in QEMU's words."""
@@ -186,10 +186,6 @@ class Channel:
                 self._process.kill()
 
 
-def _tcp_host(host: str) -> str | None:
-    return None if host in ("", "0") else host
-
-
 def connect(uri: Uri, fd: int | None = None, postcopy: bool = False,
             tls: TlsConfig | None = None) -> Channel:
     """The source side: open a channel to ``uri`` (``fd``: the descriptor an
@@ -220,7 +216,7 @@ def _connect(uri: Uri, fd: int | None, postcopy: bool) -> Channel:
                                  f"{err.strerror or err}") from err
         return Channel(sock, label=label)
     if uri.scheme == "tcp":
-        host = _tcp_host(uri.host) or "0.0.0.0"
+        host = tcp_host(uri.host) or "0.0.0.0"
         try:
             infos = socket.getaddrinfo(host, uri.port, type=socket.SOCK_STREAM)
         except socket.gaierror as err:
@@ -237,7 +233,7 @@ def _connect(uri: Uri, fd: int | None, postcopy: bool) -> Channel:
                 sock.close()
                 last = err
                 continue
-            _watch_tcp_peer(sock, postcopy)
+            watch_tcp_peer(sock, postcopy)
             return Channel(sock, label=label, tcp=True)
         assert last is not None
         raise MigrationError(f"Failed to connect to '{uri.address}': "
@@ -259,122 +255,4 @@ def _connect(uri: Uri, fd: int | None, postcopy: bool) -> Channel:
     return Channel(wfd=wfd, process=proc, label=label)
 
 
-TakeFd = Callable[[str], int]
-
-
-def incoming_fd(uri: Uri, take_fd: TakeFd) -> int:
-    """``fd:N`` (an inherited descriptor) or ``fd:NAME`` (one handed over
-    with getfd), as QEMU's incoming side takes either."""
-    if uri.target.isdigit():
-        return int(uri.target)
-    return take_fd(uri.target)
-
-
-class Listener:
-    """The destination side: where one incoming connection will arrive."""
-
-    def __init__(self, uri: Uri, take_fd: TakeFd) -> None:
-        self.uri = uri
-        self._sock: socket.socket | None = None
-        self._fd: int | None = None
-        try:
-            if uri.scheme == "unix":
-                if os.path.exists(uri.target):
-                    os.unlink(uri.target)
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._sock.bind(uri.target)
-                self._sock.listen(BACKLOG)
-            elif uri.scheme == "tcp":
-                host = _tcp_host(uri.host)
-                family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
-                info = socket.getaddrinfo(host, uri.port, family, socket.SOCK_STREAM,
-                                          flags=socket.AI_PASSIVE)[0]
-                self._sock = socket.socket(info[0], socket.SOCK_STREAM)
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                self._sock.bind(info[4])
-                self._sock.listen(BACKLOG)
-            elif uri.scheme == "fd":
-                self._fd = incoming_fd(uri, take_fd)
-        except OSError as err:
-            if self._sock is not None:
-                self._sock.close()
-            raise MigrationError(f"Failed to listen on '{uri.address}': "
-                                 f"{err.strerror or err}") from err
-        self._address = self._where()
-
-    def socket_address(self) -> list[dict[str, Any]]:
-        """What query-migrate reports as ``socket-address``: where this
-        listener listens (or listened: kept after it closes, as QEMU does)."""
-        return list(self._address)
-
-    def _where(self) -> list[dict[str, Any]]:
-        if self._sock is None:
-            return []
-        if self.uri.scheme == "unix":
-            return [{"type": "unix", "path": self.uri.target}]
-        host, port = self._sock.getsockname()[:2]
-        return [{"type": "inet", "host": host, "port": str(port)}]
-
-    @property
-    def can_accept_more(self) -> bool:
-        """A listening socket takes more connections (multifd); fd: and exec: don't."""
-        return self._sock is not None
-
-    def accept(self, postcopy: bool = False, timeout: float | None = None,
-               tls: TlsConfig | None = None) -> Channel:
-        """Wait for the source (``timeout``: at most so long). ``postcopy``: a
-        recovery channel. ``tls``: the handshake (and tls-authz) is made
-        before the channel is returned; a failure raises TlsError."""
-        channel = self._accept(postcopy, timeout)
-        if tls is None:
-            return channel
-        from .tls import accept_tls
-
-        if channel.sock is None:
-            channel.close()
-            raise MigrationError("TLS needs a socket channel (unix:, tcp: or fd: of a socket)")
-        sock, session = accept_tls(channel.sock, tls)
-        return Channel(sock, label=channel.label, tcp=channel.tcp, tls=session)
-
-    def _accept(self, postcopy: bool, timeout: float | None) -> Channel:
-        uri = self.uri
-        label = f"{uri.scheme}:{uri.target}"
-        if self._sock is not None:
-            self._sock.settimeout(timeout)
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError as err:
-                raise MigrationError(f"no connection on {label} within {timeout:.0f} s") from err
-            conn.settimeout(None)
-            if uri.scheme == "tcp":
-                _watch_tcp_peer(conn, postcopy)
-            return Channel(conn, label=label, tcp=uri.scheme == "tcp")
-        if uri.scheme == "fd":
-            fd, self._fd = self._fd, None
-            if fd is None:
-                raise MigrationError(f"incoming {label}: the descriptor was used already")
-            try:
-                return Channel(socket.socket(fileno=fd), label=label)
-            except OSError:
-                return Channel(rfd=fd, label=label)
-        proc = subprocess.Popen(["/bin/sh", "-c", uri.target], stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        rfd = os.dup(proc.stdout.fileno())
-        proc.stdout.close()
-        return Channel(rfd=rfd, process=proc, label=label)
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            if self.uri.scheme == "unix":
-                try:
-                    os.unlink(self.uri.target)
-                except OSError:
-                    pass
-            self._sock = None
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = None
+__all__ = ["Channel", "Listener", "TakeFd", "connect", "incoming_fd"]

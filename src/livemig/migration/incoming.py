@@ -81,14 +81,15 @@ class IncomingMigration:
     def __init__(self, machine: Machine, settings: Settings, uri: Uri,
                  emit: Callable[[str, dict[str, Any] | None], None],
                  on_failure: Callable[[str], None], take_fd: TakeFd,
-                 objects: ObjectRegistry | None = None) -> None:
+                 objects: ObjectRegistry | None = None,
+                 listener: Listener | None = None) -> None:
         self.machine = machine
         self._objects = objects if objects is not None else ObjectRegistry()
         self._tls: TlsConfig | None = None
         self.settings = settings
         self._emit = emit
         self._on_failure = on_failure
-        self.listener = Listener(uri, take_fd)
+        self.listener = listener if listener is not None else Listener(uri, take_fd)
         self.status = StatusMachine("destination", DESTINATION_TRANSITIONS, self._announce)
         self.phase = Phase.HEADER
         self.error: str | None = None

@@ -31,6 +31,7 @@ from .status import Status
 if TYPE_CHECKING:
     from .dirtyrate import DirtyRateMeter
     from .incoming import IncomingMigration
+    from .listener import Listener
     from .outgoing import OutgoingMigration
     from .uri import Uri
 
@@ -64,6 +65,7 @@ class MigrationManager:
         self._on_incoming_failure = on_incoming_failure
         self.outgoing: OutgoingMigration | None = None
         self.incoming: IncomingMigration | None = None
+        self._bound: tuple[Uri, Listener] | None = None  # -incoming URI, bound, job not made yet
         self.deferred = False
         self.fds: dict[str, int] = {}
         self._dirty_rate: DirtyRateMeter | None = None  # made on first calc-dirty-rate
@@ -88,15 +90,23 @@ class MigrationManager:
         if uri == "defer":
             self.deferred = True
             return
-        from .incoming import IncomingMigration
+        from .listener import Listener
         from .uri import parse_uri
-        self.incoming = IncomingMigration(self.machine, self.settings, parse_uri(uri),
-                                          self._emit, self._on_incoming_failure, self.take_fd,
-                                          self.objects)
+        parsed = parse_uri(uri)
+        self._bound = (parsed, Listener(parsed, self.take_fd))
         if start:
-            self.incoming.start()
+            self.start_incoming()
 
     def start_incoming(self) -> None:
+        """Make the incoming job on the bound listener and start it. At
+        start-up this runs once the monitors serve, so loading the job's
+        modules (the codec, TLS, machine state) never delays a greeting."""
+        if self._bound is not None:
+            from .incoming import IncomingMigration
+            (uri, listener), self._bound = self._bound, None
+            self.incoming = IncomingMigration(self.machine, self.settings, uri, self._emit,
+                                              self._on_incoming_failure, self.take_fd,
+                                              self.objects, listener)
         if self.incoming is not None:
             self.incoming.start()
 
@@ -252,6 +262,9 @@ class MigrationManager:
             job.join(5)
         if self.incoming is not None:
             self.incoming.listener.close()
+        if self._bound is not None:  # closed before the job was made
+            self._bound[1].close()
+            self._bound = None
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()

@@ -10,15 +10,16 @@ QEMU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import MigrationError
 
 SCHEMES = ("unix", "tcp", "fd", "exec")
 
 
-@dataclass(frozen=True)
-class Uri:
+class Uri(NamedTuple):
+    """A parsed URI (a NamedTuple: ``-incoming URI`` parses one at start-up)."""
+
     scheme: str            # unix | tcp | fd | exec
     target: str            # path, HOST:PORT, fd name or number, command
     host: str = ""

@@ -101,9 +101,11 @@ class QmpSession:
         writer = threading.Thread(target=self._write_loop, name="qmp-writer", daemon=True)
         writer.start()
         if self.server.migration is not None:
-            # Start-up is over once a client has its greeting: now load what
-            # a first migrate would otherwise pay for (manager.warm_up).
-            self.flush(1.0)
+            # Start-up is over once a client has its greeting and the main
+            # thread has let go of the dispatch lock (System.run): now load
+            # what a first migrate would otherwise pay for (manager.warm_up).
+            with self.server.dispatch_lock:
+                pass
             self.server.migration.warm_up()
         splitter = JsonSplitter()
         self.server.add_session(self)
