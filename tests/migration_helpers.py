@@ -61,6 +61,14 @@ def check_guests_ram(vm: Vm) -> None:
     assert result.ok, result.describe()
 
 
+def completed_with_ram_intact(src: Vm, dst: Vm, timeout: float = 120.0) -> None:
+    """Both sides reach completed; the destination, stopped, passes the RAM check."""
+    wait_for_status(src, "completed", timeout=timeout)
+    wait_for_status(dst, "completed", timeout=timeout)
+    dst.cmd("stop")
+    check_guests_ram(dst)
+
+
 def migrate_end(src: Vm, dst: Vm, check_dest: bool, kind: VmmKind) -> None:
     src.quit()
     if check_dest:

@@ -5,7 +5,7 @@ sent, although all of them are present from the start)."""
 
 from __future__ import annotations
 
-from migration_helpers import check_guests_ram, migrate, start_pair, wait_for_status
+from migration_helpers import completed_with_ram_intact, migrate, start_pair, wait_for_status
 from postcopy_helpers import enable_postcopy, postcopy_complete, postcopy_start, set_parameter
 
 from livemig.lab import Vm, VmLauncher, VmmKind
@@ -37,10 +37,7 @@ def test_precopy_to_a_preallocated_destination(vmm_any_accel: VmmKind,
     set_parameter(src, "max-bandwidth", 1_000_000_000)
     src.wait_serial(b"B", timeout=60)
     migrate(src, uri)
-    wait_for_status(src, "completed", timeout=120)
-    wait_for_status(dst, "completed", timeout=60)
-    dst.cmd("stop")
-    check_guests_ram(dst)
+    completed_with_ram_intact(src, dst)
 
 
 def test_postcopy_to_a_preallocated_destination(vmm_any_accel: VmmKind,

@@ -22,7 +22,7 @@ from typing import BinaryIO
 import pytest
 from conftest import LIVEMIG
 from migration_helpers import (
-    check_guests_ram,
+    completed_with_ram_intact,
     migrate,
     migration_status,
     start_dest,
@@ -182,10 +182,7 @@ def test_injected_internal_error_after_switchover(livemig_tcg: VmmKind, lab: VmL
     wait_until(lambda: (lab.workdir / "rec.sock").exists(), 30, "the recovery socket")
     set_parameter(src, "max-postcopy-bandwidth", 0)
     migrate(src, rec, resume=True)
-    wait_for_status(src, "completed", timeout=120)
-    wait_for_status(dst, "completed", timeout=120)
-    dst.cmd("stop")
-    check_guests_ram(dst)
+    completed_with_ram_intact(src, dst)
 
 
 def test_max_bandwidth_zero_during_a_limited_migration(vmm_any_accel: VmmKind,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from conftest import LIVEMIG
@@ -27,7 +29,7 @@ from stream_helpers import (
 )
 from test_migration_stream_errors import KIND
 
-from livemig.lab import VmLauncher, wait_until
+from livemig.lab import Vm, VmLauncher, wait_until
 from livemig.migration import codec
 
 pytestmark = pytest.mark.skipif(LIVEMIG is None, reason="livemig not installed")
@@ -84,27 +86,58 @@ FIRST_MISSING = 256  # pages [256, 1280) are discarded, so missing after switcho
         "second-switchover", "state-after-switchover"])
 def test_destination_pauses_on_bad_postcopy_page(lab: VmLauncher, bad: bytes,
                                                  expected: str) -> None:
-    state = state_record()
     path = lab.workdir / "in.sock"
     dst = start_dest(lab, KIND, "dst", f"unix:{path}")
     set_capability(dst, "postcopy-ram")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(path))
-        sock.sendall(header() + ADVISE + run(2, 0, PAGES) + discard(FIRST_MISSING, 1024) + state
-                     + POSTCOPY_RUN)
-        wait_for_status(dst, "postcopy-active", timeout=30)
-        sock.sendall(run(1, FIRST_MISSING, 1) + PAGE)          # a good page first
-        try:
-            sock.sendall(bad)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the destination may drop the channel before it has read it all
-        info = wait_until(lambda: (i := dst.cmd("query-migrate"))["status"] ==
-                          "postcopy-paused" and i, 30, "the destination to pause")
+        sock.sendall(header())
+        info = _switch_then_send_bad(dst, sock, sock, bad)
     assert expected in info["error-desc"], info
     assert dst.status() == "paused"          # the source's guest never ran (-S)
     assert dst.pmem(FIRST_MISSING * 4096, 4096) == PAGE   # placed once, intact
     assert dst.pmem(0, 16) == bytes(16)                     # zero-run page, present
     assert "Traceback" not in dst.stderr_text()
+
+
+def _switch_then_send_bad(dst: Vm, main: socket.socket, pages: socket.socket,
+                          bad: bytes) -> dict:  # type: ignore[type-arg]
+    """After the header: precopy (a zero run), switch to postcopy with pages
+    [256, 1280) missing, one good page on ``pages``, then ``bad`` on it; the
+    destination's query-migrate once it has paused."""
+    main.sendall(ADVISE + run(2, 0, PAGES) + discard(FIRST_MISSING, 1024) + state_record()
+                 + POSTCOPY_RUN)
+    wait_for_status(dst, "postcopy-active", timeout=30)
+    pages.sendall(run(1, FIRST_MISSING, 1) + PAGE)          # a good page first
+    try:
+        pages.sendall(bad)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the destination may drop the channel before it has read it all
+    return wait_until(lambda: (i := dst.cmd("query-migrate"))["status"] ==
+                      "postcopy-paused" and i, 30, "the destination to pause")
+
+
+def _preempt_destination(lab: VmLauncher) -> tuple[Vm, str]:
+    """A destination with postcopy-ram and postcopy-preempt, and its socket."""
+    path = lab.workdir / "in.sock"
+    dst = start_dest(lab, KIND, "dst", f"unix:{path}")
+    set_capability(dst, "postcopy-ram")
+    set_capability(dst, "postcopy-preempt")
+    return dst, str(path)
+
+
+@contextmanager
+def _two_connections(path: str, greeting: bytes) -> Iterator[tuple[socket.socket,
+                                                                   socket.socket]]:
+    """A fake source's main connection (header with preempt set) and its
+    second one, begun with ``greeting``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as main, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as preempt:
+        main.connect(path)
+        main.sendall(header(preempt=True))
+        preempt.connect(path)
+        preempt.sendall(greeting)
+        yield main, preempt
 
 
 @pytest.mark.parametrize("bad,expected", [
@@ -119,26 +152,9 @@ def test_destination_pauses_on_bad_preempt_page(lab: VmLauncher, bad: bytes,
     """The same, on postcopy-preempt's second connection: the main channel is
     good, the requested-page channel lies; the destination pauses (both
     channels are then made again at recovery)."""
-    path = lab.workdir / "in.sock"
-    dst = start_dest(lab, KIND, "dst", f"unix:{path}")
-    set_capability(dst, "postcopy-ram")
-    set_capability(dst, "postcopy-preempt")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as main, \
-            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as preempt:
-        main.connect(str(path))
-        main.sendall(header(preempt=True))
-        preempt.connect(str(path))
-        preempt.sendall(codec.encode_preempt_hello())
-        main.sendall(ADVISE + run(2, 0, PAGES) + discard(FIRST_MISSING, 1024) + state_record()
-                     + POSTCOPY_RUN)
-        wait_for_status(dst, "postcopy-active", timeout=30)
-        preempt.sendall(run(1, FIRST_MISSING, 1) + PAGE)          # a good page first
-        try:
-            preempt.sendall(bad)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        info = wait_until(lambda: (i := dst.cmd("query-migrate"))["status"] ==
-                          "postcopy-paused" and i, 30, "the destination to pause")
+    dst, path = _preempt_destination(lab)
+    with _two_connections(path, codec.encode_preempt_hello()) as (main, preempt):
+        info = _switch_then_send_bad(dst, main, preempt, bad)
     assert "postcopy-preempt channel" in info["error-desc"], info
     assert expected in info["error-desc"], info
     assert dst.status() == "paused"
@@ -149,16 +165,8 @@ def test_destination_pauses_on_bad_preempt_page(lab: VmLauncher, bad: bytes,
 def test_a_preempt_channel_with_a_bad_greeting_fails_the_load(lab: VmLauncher) -> None:
     """Before switchover a bad second connection is a failed load: a clear
     error and exit status 1, as for a bad main stream."""
-    path = lab.workdir / "in.sock"
-    dst = start_dest(lab, KIND, "dst", f"unix:{path}")
-    set_capability(dst, "postcopy-ram")
-    set_capability(dst, "postcopy-preempt")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as main, \
-            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as preempt:
-        main.connect(str(path))
-        main.sendall(header(preempt=True))
-        preempt.connect(str(path))
-        preempt.sendall(b"LVMG")  # a main channel's magic
+    dst, path = _preempt_destination(lab)
+    with _two_connections(path, b"LVMG"):  # a main channel's magic on the second
         assert dst.wait_exit(30) == 1
     err = dst.stderr_text()
     assert "load of migration failed: not a livemig postcopy-preempt channel" in err, err
