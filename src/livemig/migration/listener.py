@@ -102,8 +102,10 @@ class Listener:
         if channel.sock is None:
             channel.close()
             raise MigrationError("TLS needs a socket channel (unix:, tcp: or fd: of a socket)")
+        from .channel import Channel
+
         sock, session = accept_tls(channel.sock, tls)
-        return type(channel)(sock, label=channel.label, tcp=channel.tcp, tls=session)
+        return Channel(sock, label=channel.label, tcp=channel.tcp, tls=session)
 
     def _accept(self, postcopy: bool, timeout: float | None) -> Channel:
         from .channel import Channel, watch_tcp_peer
