@@ -28,6 +28,9 @@ def _bad_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
     short.write_bytes(b"\x90" * 100)
     unsigned = tmp / "unsigned.img"
     unsigned.write_bytes(bytes(512))
+    small = tmp / "small.ram"
+    small.write_bytes(bytes(4096))
+    memfd = ["-object", "memory-backend-memfd,id=m,size=64M", "-machine", "memory-backend=m"]
     return [
         ("unknown option", ["-frobnicate"], "-frobnicate: invalid option"),
         ("missing argument", ["-m"], "-m: requires an argument"),
@@ -47,6 +50,25 @@ def _bad_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("unknown chardev backend", ["-chardev", "bogus,id=x"], "bogus"),
         ("chardev without id", ["-chardev", "null"], "id"),
         ("qmp client to nowhere", ["-qmp", f"unix:{tmp / 'absent.sock'}"], "absent.sock"),
+        # memory backends (QEMU's words where it has them)
+        ("no such memory backend", ["-machine", "memory-backend=nope"],
+         "Memory backend 'nope' not found"),
+        ("-m against the backend's size", [*memfd, "-m", "32M"],
+         "Machine memory size does not match the size of the memory backend"),
+        ("backend without a size", ["-object", "memory-backend-memfd,id=m"],
+         "property 'size' of memory-backend not set or zero"),
+        ("file backend without a path", ["-object", "memory-backend-file,id=m,size=64M"],
+         "mem-path"),
+        ("unknown backend property", ["-object", "memory-backend-memfd,id=m,size=64M,x=1"],
+         "Parameter 'x' is unexpected"),
+        ("shared anonymous backend", ["-object", "memory-backend-ram,id=m,size=64M,share=on"],
+         "memory-backend-memfd"),
+        ("backend file that cannot be made",
+         ["-object", f"memory-backend-file,id=m,size=64M,mem-path={tmp}/no/dir/ram",
+          "-machine", "memory-backend=m"], "can't open backing store"),
+        ("backend file shorter than the size",
+         ["-object", f"memory-backend-file,id=m,size=64M,mem-path={small},share=on",
+          "-machine", "memory-backend=m"], "does not match 'size' option"),
     ]
 
 
@@ -67,6 +89,8 @@ def test_qemu_refuses_the_same_lines(tmp_path: Path) -> None:
     for label, args, _needle in _bad_cases(tmp_path):
         if label in ("unknown device", "smp 2", "short drive", "unsigned drive"):
             continue  # QEMU has e1000 and SMP, and boots anything through its BIOS
+        if label == "shared anonymous backend":
+            continue  # QEMU maps shared anonymous memory; livemig asks for a memfd
         assert _run(str(QEMU), *args).returncode != 0, label
 
 

@@ -132,6 +132,7 @@ return_records = st.one_of(
     st.lists(st.booleans(), min_size=PAGES, max_size=PAGES).map(
         lambda bits: codec.PagesHeld.from_mask(np.array(bits, dtype=bool))),
     st.just(codec.Done()),
+    st.just(codec.SharedRamAccepted()),
 )
 
 
@@ -235,6 +236,18 @@ def test_preempt_flag_and_hello() -> None:
     for wrong in (codec.CHANNEL_MAGIC, codec.MAGIC, b"LVM"):
         with pytest.raises(StreamError):
             codec.read_preempt_hello(codec.BufferedReader.over_bytes(wrong))
+
+
+def test_shared_ram_identity_in_the_header() -> None:
+    """x-ignore-shared: the backend's (device, inode) round-trips; anything
+    but two unsigned 64-bit integers is refused."""
+    header = codec.Header(4096, 1 << 30, {"machine": "pc"}, shared_ram=(64768, 1234))
+    assert codec.read_header(codec.BufferedReader.over_bytes(header.encode())) == header
+    for wrong in ([1], [1, 2, 3], ["1", 2], [-1, 2], [1, 1 << 64], 7, {"dev": 1}, [True, 2]):
+        body = codec.encode_object({"machine": {"machine": "pc"}, "shared-ram": wrong})
+        bad = codec.HEADER.pack(codec.MAGIC, codec.VERSION, 4096, 1 << 30, len(body)) + body
+        with pytest.raises(StreamError, match="shared-ram identity"):
+            codec.read_header(codec.BufferedReader.over_bytes(bad))
 
 
 def test_empty_discard_list_encodes() -> None:

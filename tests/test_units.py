@@ -8,7 +8,6 @@ import pytest
 from livemig.accel.cpustate import CpuState, Segment
 from livemig.chardev.spec import options_from_chardev_arg, options_from_short, split_options
 from livemig.cli.options import parse
-from livemig.cli.sizes import parse_size
 from livemig.devices import Uart16550
 from livemig.devices.system_control import Port92State
 from livemig.devices.uart import UartState
@@ -16,6 +15,7 @@ from livemig.errors import AccelError, ConfigError, DeviceError, QmpError
 from livemig.migration.pages import runs
 from livemig.qmp.jsonstream import JsonSplitter, ParseError
 from livemig.qmp.schema import check_arguments
+from livemig.sizes import parse_size
 
 
 def _values(chunks: list[bytes]) -> list[object]:

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 from ..chardev.spec import options_from_words, parse_bool, split_options
 from ..errors import ConfigError
 from ..machine import DEFAULT_RAM, DebugExitConfig
-from .sizes import parse_size
+from ..sizes import parse_size
 
 # Options that take an argument, and those that do not.
 WITH_ARG = {
@@ -40,6 +40,8 @@ class SystemOptions:
 
     def __init__(self) -> None:
         self.ram_size: int = DEFAULT_RAM
+        self.ram_size_given = False           # -m appeared (else a memory backend sets it)
+        self.memory_backend: str | None = None  # -machine memory-backend=ID
         self.machine_accel: list[str] | None = None
         self.accel_options: list[str] = []
         self.name: str | None = None
@@ -104,13 +106,15 @@ def _accel_list(text: str, option: str) -> list[str]:
 def _machine(o: SystemOptions, text: str) -> None:
     opts = _opts(text, "type", "machine")
     _reject_unknown(opts, {"type", "accel", "kernel-irqchip", "usb", "graphics", "vmport",
-                           "dump-guest-core", "mem-merge"}, "machine")
+                           "dump-guest-core", "mem-merge", "memory-backend"}, "machine")
     mtype = opts.get("type")
     if mtype is not None and not mtype.startswith(MACHINE_TYPES):
         raise ConfigError(f"-machine {text}: unsupported machine type '{mtype}' "
                           "(livemig provides one PC-like machine: use pc or q35)")
     if "accel" in opts:
         o.machine_accel = _accel_list(opts["accel"], "machine")
+    if "memory-backend" in opts:
+        o.memory_backend = opts["memory-backend"]
 
 
 def _accel(o: SystemOptions, text: str) -> None:
@@ -147,6 +151,7 @@ def _memory(o: SystemOptions, text: str) -> None:
     if size > MAX_RAM:
         raise ConfigError(f"-m {text}: at most {MAX_RAM >> 30} GiB of RAM is supported")
     o.ram_size = (size + 8191) // 8192 * 8192  # QEMU rounds RAM up to 8 KiB
+    o.ram_size_given = True
 
 
 def _smp(o: SystemOptions, text: str) -> None:
@@ -341,6 +346,9 @@ A QEMU-compatible virtual machine monitor (one x86 vCPU, no BIOS: the first
   -accel NAME | -enable-kvm          choose the accelerator (default tcg)
   -accel kvm,dirty-ring-size=N       KVM dirty ring of N entries per vCPU (power of two)
   -m SIZE                            guest RAM (default 128M; suffixes K M G T)
+  -machine memory-backend=ID         guest RAM is that memory backend object:
+  -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,prealloc=on]
+  -object memory-backend-file,id=ID,size=SIZE,mem-path=PATH[,share=on|off]
   -smp 1                             one vCPU
   -name NAME[,debug-threads=on]      the guest's name (query-name)
   -drive file=PATH,format=raw        boot disk (512-byte boot sector, 0x55AA)
@@ -351,6 +359,7 @@ A QEMU-compatible virtual machine monitor (one x86 vCPU, no BIOS: the first
   -qtest unix:PATH | chardev:ID      the qtest protocol (client mode, as QEMU)
   -qtest-log FILE                    log qtest traffic
   -incoming URI | defer              wait for an incoming migration
+  -object tls-creds-x509|tls-creds-psk|authz-simple|authz-list,id=ID,…
   -device isa-debug-exit,iobase=0xf4,iosize=0x04
   -S  -nodefaults  -display none  -no-reboot  -mem-prealloc  -daemonize  -pidfile FILE
   -version

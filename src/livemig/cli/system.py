@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .. import QEMU_COMPAT_VERSION, __version__
 from .. import chardev as chardevs
@@ -26,6 +26,9 @@ from ..objects import ObjectRegistry
 from ..qmp import QmpServer
 from ..qmp.jsonstream import RECURSION_NEEDED
 from .options import USAGE, SystemOptions, parse
+
+if TYPE_CHECKING:
+    from ..memory.backing import BackendSpec
 
 PROG = "livemig-system-x86_64"
 BOOT_SECTOR = 512
@@ -72,8 +75,16 @@ class System:
             self._add_chardev(spec)
         serial = self._serial_chardev()
         boot = next((d for d in opts.drives if d.boot), None)
+        self.objects = ObjectRegistry()
+        for qom_type, props, text in opts.objects:
+            try:
+                self.objects.add(qom_type, props)
+            except LivemigError as err:
+                raise ConfigError(f"-object {text}: {err}") from err
+        backend = self._memory_backend()
         config = MachineConfig(
-            ram_size=opts.ram_size,
+            ram_size=backend.size if backend is not None else opts.ram_size,
+            ram_backend=backend,
             accelerators=opts.accelerators,
             boot_sector=read_boot_sector(boot.path) if boot else None,
             name=opts.name,
@@ -92,13 +103,6 @@ class System:
             raise ConfigError("CPU model 'host' requires KVM or HVF")  # QEMU's words
         self.qmp = QmpServer(self.machine)
         self.relay.target = self.qmp
-        self.objects = ObjectRegistry()
-        for qom_type, props, text in opts.objects:
-            try:
-                self.objects.add(qom_type, props)
-            except LivemigError as err:
-                self.machine.close()
-                raise ConfigError(f"-object {text}: {err}") from err
         self.migration = MigrationManager(self.machine, self.relay, self._incoming_failed,
                                           self.objects)
         self.qmp.migration = self.migration
@@ -113,6 +117,26 @@ class System:
         self._open_qtest()
 
     # --- construction helpers --------------------------------------------------
+    def _memory_backend(self) -> BackendSpec | None:
+        """-machine memory-backend=ID: that object's settings; its size is
+        the RAM size, and an -m that says otherwise is an error (QEMU's)."""
+        ident = self.opts.memory_backend
+        if ident is None:
+            return None
+        from ..memory.backing import BackendSpec
+        obj = self.objects.get(ident)
+        if obj is None:
+            raise ConfigError(f"Memory backend '{ident}' not found")
+        spec = getattr(obj, "spec", None)
+        if not isinstance(spec, BackendSpec):
+            raise ConfigError(f"Memory backend '{ident}' not found: it is not a "
+                              "memory-backend-* object")
+        if self.opts.ram_size_given and self.opts.ram_size != spec.size:
+            raise ConfigError("Machine memory size does not match the size of the memory "
+                              f"backend ({self.opts.ram_size} against {spec.size} bytes)")
+        obj.in_use = True  # type: ignore[attr-defined]
+        return spec
+
     def _add_chardev(self, spec: dict[str, str]) -> chardevs.Chardev:
         if spec["id"] in self.chardevs:
             raise ConfigError(f"chardev: duplicate id '{spec['id']}'")

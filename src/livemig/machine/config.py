@@ -6,7 +6,10 @@ creating a dataclass costs about a millisecond here.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from ..memory.backing import BackendSpec
 
 DEFAULT_RAM = 128 << 20
 
@@ -22,7 +25,7 @@ class MachineConfig:
                  start_paused: bool = False, incoming: bool = False,
                  debug_exit: DebugExitConfig | None = None, no_reboot: bool = False,
                  uuid: str | None = None, kvm_dirty_ring_size: int = 0,
-                 mem_prealloc: bool = False) -> None:
+                 mem_prealloc: bool = False, ram_backend: BackendSpec | None = None) -> None:
         self.ram_size = ram_size
         self.accelerators = accelerators if accelerators is not None else ["tcg"]
         self.boot_sector = boot_sector
@@ -34,6 +37,7 @@ class MachineConfig:
         self.uuid = uuid  # -uuid, lower-case canonical form; None: not set
         self.kvm_dirty_ring_size = kvm_dirty_ring_size  # -accel kvm,dirty-ring-size=N
         self.mem_prealloc = mem_prealloc  # -mem-prealloc: back all RAM at start-up
+        self.ram_backend = ram_backend  # -machine memory-backend=ID; None: anonymous RAM
 
     def __repr__(self) -> str:
         return f"MachineConfig({vars(self)!r})"

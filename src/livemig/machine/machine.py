@@ -57,8 +57,9 @@ class Machine:
         self.config = config
         self.lock = threading.RLock()
         self._emit = emit
-        self.ram = GuestRam(config.ram_size)
-        if config.mem_prealloc:
+        backend = config.ram_backend
+        self.ram = GuestRam(config.ram_size, backend.open() if backend is not None else None)
+        if config.mem_prealloc or (backend is not None and backend.prealloc):
             try:
                 self.ram.populate()
             except BaseException:
@@ -96,7 +97,10 @@ class Machine:
             if self.vcpu is not None:
                 self.vcpu.set_halted(True)
             return
-        self.ram.write(BOOT_ADDRESS, sector)
+        if not (self.config.incoming and self.ram.shared):
+            # (A destination on shared RAM maps a running guest's memory:
+            # writing the sector there would overwrite that guest's page.)
+            self.ram.write(BOOT_ADDRESS, sector)
         if self.accel is not None:
             self.accel.code_changed(BOOT_ADDRESS, len(sector))
             self.accel.set_state(CpuState.boot(BOOT_ADDRESS, BOOT_DRIVE))

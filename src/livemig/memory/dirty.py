@@ -303,6 +303,26 @@ class ShadowDirtyTracker:
         self._shadow = None
 
 
+class SharedRamTracker:
+    """For RAM that is not sent (``x-ignore-shared`` on a shared backend:
+    the destination maps the same pages): nothing is ever dirty, and no
+    tracking is armed, so the guest pays nothing for it."""
+
+    name = "none (shared RAM is not sent)"
+
+    def __init__(self, ram: GuestRam) -> None:
+        self._pages = ram.pages
+
+    def start(self) -> None:
+        pass
+
+    def sync(self) -> np.ndarray:
+        return np.zeros(self._pages, dtype=bool)
+
+    def stop(self) -> None:
+        pass
+
+
 def process_tracker(ram: GuestRam) -> DirtyTracker:
     """A tracker that sees every writer in this process: userfaultfd
     write-protect, or (slower, memory-hungry) the shadow compare where the

@@ -1,4 +1,5 @@
-"""Guest RAM: one anonymous private mmap, addressed by guest-physical offset.
+"""Guest RAM: one mmap, addressed by guest-physical offset: anonymous
+private memory, or a memory backend's file descriptor (memory/backing.py).
 
 The same mapping is handed to KVM (``KVM_SET_USER_MEMORY_REGION``), to
 Unicorn (``mem_map_ptr``), to the migration code (numpy and memoryview
@@ -21,14 +22,17 @@ from ..errors import BootError
 if TYPE_CHECKING:
     import numpy as np
 
+    from .backing import OpenBacking
+
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 
 # <sys/mman.h>
 PROT_READ, PROT_WRITE = 0x1, 0x2
-MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x02, 0x20, 0x4000
+MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x01, 0x02, 0x20, 0x4000
 MAP_FAILED = ctypes.c_void_p(-1).value
 MADV_DONTNEED = 4
+MADV_REMOVE = 9  # frees a shared mapping's pages in its file: they read as zero
 MADV_POPULATE_WRITE = 23  # Linux 5.14: fault the range in, writable, in one call
 EHWPOISON = 133  # <asm-generic/errno.h>; not in Python's errno module
 
@@ -43,15 +47,27 @@ _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 class GuestRam:
     """Guest-physical RAM [0, size), page-aligned, zero-filled on creation."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, backing: OpenBacking | None = None) -> None:
+        """``backing``: map that descriptor (the RAM then owns and closes it)
+        instead of anonymous memory."""
         if size <= 0 or size % PAGE_SIZE:
             raise BootError(f"RAM size {size} is not a positive multiple of {PAGE_SIZE}")
-        address = _libc.mmap(None, size, PROT_READ | PROT_WRITE,
-                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        if backing is None:
+            flags, fd = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1
+        else:
+            flags = (MAP_SHARED if backing.shared else MAP_PRIVATE) | MAP_NORESERVE
+            fd = backing.fd
+        address = _libc.mmap(None, size, PROT_READ | PROT_WRITE, flags, fd, 0)
         if address in (None, MAP_FAILED):
             code = ctypes.get_errno()
+            if backing is not None:
+                os.close(backing.fd)
             raise BootError(f"could not map {size} bytes of guest RAM: {os.strerror(code)}")
         self.size = size
+        # The backend, while the RAM is mapped from one (its fd stays open so
+        # that it can be handed on); shared: the guest's writes land in it.
+        self.backing = backing
+        self.shared = backing is not None and backing.shared
         self.address: int = address
         self.pages = size // PAGE_SIZE
         # Safe: [address, address+size) stays mapped until close(), and every
@@ -136,12 +152,16 @@ class GuestRam:
         pages[:] = 0
 
     def discard(self, address: int, length: int) -> None:
-        """Drop the pages of [address, +length) (MADV_DONTNEED): they read
-        as zero again and, under userfaultfd missing mode, fault as missing."""
+        """Drop the pages of [address, +length): they read as zero again
+        and, under userfaultfd missing mode, fault as missing. Anonymous or
+        private RAM: MADV_DONTNEED; shared RAM keeps its pages in the file
+        under that, so MADV_REMOVE frees them there."""
         self.check_range(address, length)
-        if _libc.madvise(self.address + address, length, MADV_DONTNEED) != 0:
+        advice, name = (MADV_REMOVE, "MADV_REMOVE") if self.shared else (MADV_DONTNEED,
+                                                                          "MADV_DONTNEED")
+        if _libc.madvise(self.address + address, length, advice) != 0:
             code = ctypes.get_errno()
-            raise BootError(f"madvise(MADV_DONTNEED) on guest RAM failed: {os.strerror(code)}")
+            raise BootError(f"madvise({name}) on guest RAM failed: {os.strerror(code)}")
 
     def zero(self, address: int, length: int, keep_present: bool = False) -> None:
         """Make [address, +length) read as zero, as a migration destination
@@ -151,9 +171,9 @@ class GuestRam:
         fault in a page for each. ``keep_present``: write zeros instead,
         for a destination that may switch to postcopy: once RAM is
         registered for missing-page faults, a dropped page would fault and
-        nothing would ever send it. (Dropping is right for this private
-        anonymous mapping only: a shared one would keep its contents.)"""
-        if keep_present:
+        nothing would ever send it. A private mapping of a file is written
+        too: dropped, its pages would read the file's contents again."""
+        if keep_present or (self.backing is not None and not self.shared):
             self.check_range(address, length)
             # Safe: check_range proved [address, +length) lies inside the mapping.
             ctypes.memset(self.address + address, 0, length)
@@ -185,3 +205,5 @@ class GuestRam:
         self._buffer = None  # type: ignore[assignment]
         _libc.munmap(self.address, self.size)
         self.address = 0
+        if self.backing is not None:
+            os.close(self.backing.fd)

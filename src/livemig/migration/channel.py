@@ -115,6 +115,16 @@ class Channel:
         assert self._rfd is not None
         return os.readv(self._rfd, [view])
 
+    def wait_readable(self, timeout: float) -> bool:
+        """Whether data (or the end) arrives within ``timeout`` seconds."""
+        if self._reader is not None and self._reader.buffered:
+            return True
+        fd = self.sock.fileno() if self.sock is not None else self._rfd
+        if fd is None:
+            return False
+        import select
+        return bool(select.select([fd], [], [], timeout)[0])
+
     @property
     def reader(self) -> BufferedReader:
         """The one reader of this channel (its read-ahead buffer is the channel's)."""

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 MAGIC = b"LVMG"
 # 1: livemig 0.1 (untyped state, no UUID); 2: typed state, UUID in the header;
 # 3: multifd channels, compressed runs, xbzrle deltas, stream settings in the header;
-# 4: the postcopy-preempt channel (announced in the header, begun with PREEMPT_MAGIC).
-VERSION = 4
+# 4: the postcopy-preempt channel (announced in the header, begun with PREEMPT_MAGIC);
+# 5: the header's shared-ram identity (x-ignore-shared: RAM is not in the stream).
+VERSION = 5
 
 HEADER = struct.Struct("<4sHIQI")      # magic, version, page size, RAM bytes, JSON length
 RUN = struct.Struct("<BQI")            # tag, first page, page count
@@ -63,6 +64,7 @@ TAG_DELTA = 0x0D           # main channel: xbzrle deltas against the pages last 
 TAG_REQUEST = 0x41
 TAG_HAVE = 0x42
 TAG_DONE = 0x43
+TAG_SHARED_RAM_OK = 0x44
 
 CHANNEL_MAGIC = b"LVMC"   # begins a multifd channel (a main channel begins with MAGIC)
 PREEMPT_MAGIC = b"LVMP"   # begins the postcopy-preempt channel (requested pages)
@@ -222,10 +224,15 @@ class Header:
     # postcopy-preempt: a second channel follows (after any multifd ones)
     # that carries the pages the destination asks for after switchover.
     preempt: bool = False
+    # x-ignore-shared: RAM is not in the stream; the destination must map
+    # the same memory, which this (st_dev, st_ino) of the backend names.
+    shared_ram: tuple[int, int] | None = None
 
     def encode(self) -> bytes:
+        shared = list(self.shared_ram) if self.shared_ram is not None else None
         body = encode_object({"machine": self.machine, "uuid": self.uuid,
-                              "multifd": self.multifd, "preempt": self.preempt})
+                              "multifd": self.multifd, "preempt": self.preempt,
+                              "shared-ram": shared})
         return HEADER.pack(MAGIC, VERSION, self.page_size, self.ram_size, len(body)) + body
 
 
@@ -249,7 +256,13 @@ def read_header(reader: Reader) -> Header:
     preempt = body.get("preempt", False)
     if type(preempt) is not bool:
         raise StreamError("malformed postcopy-preempt flag in the header", offset)
-    return Header(page_size, ram_size, machine, uuid, multifd, preempt)
+    shared = body.get("shared-ram")
+    if shared is not None and not (
+            isinstance(shared, list) and len(shared) == 2
+            and all(type(n) is int and 0 <= n < 1 << 64 for n in shared)):
+        raise StreamError("malformed shared-ram identity in the header", offset)
+    return Header(page_size, ram_size, machine, uuid, multifd, preempt,
+                  tuple(shared) if shared is not None else None)
 
 
 @dataclass(frozen=True)
@@ -497,9 +510,17 @@ class Done(_TagOnly):
     TAG: ClassVar[int] = TAG_DONE
 
 
+@dataclass(frozen=True)
+class SharedRamAccepted(_TagOnly):
+    """Return path, after a header with shared-ram: this destination maps
+    that very memory, so the source may stop its guest and hand it over."""
+
+    TAG: ClassVar[int] = TAG_SHARED_RAM_OK
+
+
 StreamRecord = (PageRun | ZeroRun | Sync | State | End | PostcopyAdvise | Discard
                 | PostcopyRun | Resume | MultifdFlush | ChannelSync | CompressedRun | DeltaRun)
-ReturnRecord = PageRequest | PagesHeld | Done
+ReturnRecord = PageRequest | PagesHeld | Done | SharedRamAccepted
 
 
 # --- decoding ----------------------------------------------------------------------------------
@@ -601,6 +622,7 @@ RETURN_DECODERS: dict[int, Callable[[Reader, Limits, int], Any]] = {
     TAG_REQUEST: _run(PageRequest, "return path: the destination asked for pages"),
     TAG_HAVE: _have,
     TAG_DONE: _bare_decoder(Done),
+    TAG_SHARED_RAM_OK: _bare_decoder(SharedRamAccepted),
 }
 
 

@@ -39,6 +39,7 @@ from .codec import (
     PagesHeld,
     PostcopyAdvise,
     PostcopyRun,
+    SharedRamAccepted,
     State,
     Sync,
     ZeroRun,
@@ -160,6 +161,8 @@ class IncomingMigration:
             self.times = JobTimes()
             self._must(self.status.transition(S.NONE, S.SETUP))
             header = self._read_header(channel)
+            if header.shared_ram is not None and channel.sock is not None:
+                channel.send([SharedRamAccepted().encode()])  # (checked by _read_header)
             self._accept_multifd(header)
             self._preempt_channel = self._accept_preempt(header, self.listener)
             self.listener.close()
@@ -340,7 +343,29 @@ class IncomingMigration:
             raise MigrationReceiveError(f"machine differs: source {header.machine}, "
                                         f"destination {ours}")
         self._check_uuid(header.uuid)
+        self._check_shared_ram(header.shared_ram)
         return header
+
+    def _check_shared_ram(self, theirs: tuple[int, int] | None) -> None:
+        """x-ignore-shared: the source sends no RAM, so this VM's must be the
+        very memory the source's guest runs in (same backend file or memfd)."""
+        if theirs is None:
+            return
+        ram = self.machine.ram
+        backing = ram.backing
+        if backing is not None and ram.shared and backing.identity == theirs:
+            return
+        if backing is None or not ram.shared:
+            what = ("not shared memory" if backing is None
+                    else f"a private mapping of {backing.where}")
+        else:
+            what = (f"{backing.where} (device:inode {backing.identity[0]}:"
+                    f"{backing.identity[1]})")
+        raise MigrationReceiveError(
+            "x-ignore-shared: the source sent no RAM, since its RAM is a shared memory "
+            f"backend (device:inode {theirs[0]}:{theirs[1]}), but this VM's RAM is {what}: "
+            "start the destination with -machine memory-backend= on the same file, "
+            "share=on")
 
     def _check_uuid(self, theirs: str | None) -> None:
         """validate-uuid, as QEMU 7.2: only a source with the capability and a

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LivemigError, MigrationError
+from ..errors import LivemigError, MigrationError, StreamTruncated
 from ..logs import get_logger
 from ..machine import Machine, RunState
 from ..machine.dirty_limit import DEFAULT_PERIOD_MS as DEFAULT_LIMIT_PERIOD_MS
 from ..memory import PAGE_SIZE
-from ..memory.dirty import DirtyTracker
+from ..memory.dirty import DirtyTracker, SharedRamTracker
 from . import faults, jobthread, state
 from .channel import Channel, connect
 from .codec import (
@@ -31,12 +31,15 @@ from .codec import (
     Discard,
     End,
     Header,
+    Limits,
     MultifdFlush,
     PostcopyAdvise,
     PostcopyRun,
+    SharedRamAccepted,
     State,
     Sync,
     encode_preempt_hello,
+    read_return,
 )
 from .convergence import Decision, PassLog, PassReport, Policy, PolicyError, load_policy
 from .multifd import MultifdSender, StreamSettings
@@ -55,6 +58,7 @@ S = Status
 # Live rates (mbps, expected-downtime) are refreshed this often during a
 # pass, as QEMU does every 100 ms; the dirty rate is sampled each second.
 RATE_UPDATE_S = 0.1
+SHARED_RAM_ACCEPT_S = 30.0  # x-ignore-shared: the destination's answer to the header
 DIRTY_SAMPLE_S = 1.0
 
 EventSink = Callable[[str, dict[str, Any] | None], None]
@@ -90,7 +94,10 @@ class OutgoingMigration:
         self.tls = tls
         self.status = StatusMachine("source", SOURCE_TRANSITIONS, self._announce)
         self.error: str | None = None
-        self.stats = RamStats(total=machine.ram.size)
+        # x-ignore-shared on shared RAM: the destination maps these very
+        # pages, so none is sent and none counts in ram.total (as QEMU).
+        self.ram_shared = settings.caps["x-ignore-shared"] and machine.ram.shared
+        self.stats = RamStats(total=0 if self.ram_shared else machine.ram.size)
         self.times = JobTimes()
         self.limiter = RateLimiter(settings.params["max-bandwidth"])
         self.policy: Policy | None = None  # made when the job starts (user code may fail)
@@ -182,9 +189,33 @@ class OutgoingMigration:
 
     def header(self) -> Header:
         uuid = self.machine.config.uuid if self.settings.caps["validate-uuid"] else None
+        backing = self.machine.ram.backing
+        shared = backing.identity if self.ram_shared and backing is not None else None
         return Header(PAGE_SIZE, self.machine.ram.size, state.machine_description(self.machine),
                       uuid, self.streams.header() if self.streams is not None else None,
-                      preempt=self._wants_preempt())
+                      preempt=self._wants_preempt(), shared_ram=shared)
+
+    def _await_shared_ram_accepted(self) -> None:
+        """x-ignore-shared: before the guest may stop here, the destination
+        must say that it maps this guest's RAM (a socket's return path; an
+        exec: or file: stream has none and is written as it is)."""
+        channel = self._channel
+        assert channel is not None
+        if channel.sock is None:
+            return
+        if not channel.wait_readable(SHARED_RAM_ACCEPT_S):
+            raise MigrationError(f"x-ignore-shared: the destination did not accept the "
+                                 f"shared RAM within {SHARED_RAM_ACCEPT_S:.0f} s")
+        try:
+            answer = read_return(channel.reader, Limits(self.machine.ram.pages))
+        except (StreamTruncated, ConnectionError) as err:
+            self._check_cancel()
+            raise MigrationError("x-ignore-shared: the destination refused the stream (its "
+                                 "RAM must map this guest's shared memory backend; its "
+                                 "log says why)") from err
+        if not isinstance(answer, SharedRamAccepted):
+            raise MigrationError(f"x-ignore-shared: the destination answered "
+                                 f"{type(answer).__name__}, not SharedRamAccepted")
 
     def _wants_preempt(self) -> bool:
         caps = self.settings.caps
@@ -210,15 +241,22 @@ class OutgoingMigration:
             if postcopy and self._channel.sock is None:
                 raise MigrationError("Unable to open return-path for postcopy "
                                      "(postcopy needs a socket: unix:, tcp: or fd:)")
+            if postcopy and self.ram_shared:
+                raise MigrationError("postcopy-ram with x-ignore-shared on shared RAM: no "
+                                     "page would be left to fetch after the switch (turn "
+                                     "postcopy-ram off)")
             start = [self.header().encode()]
             if postcopy:
                 start.append(PostcopyAdvise().encode())
             self._send(start, "precopy")
+            if self.ram_shared:
+                self._await_shared_ram_accepted()
             if self.streams is not None:
                 self._open_multifd(self.streams)
             if self._wants_preempt():
                 self._preempt = self._open_preempt(self.uri)
-            tracker = self.machine.dirty_tracker()
+            tracker = (SharedRamTracker(self.machine.ram) if self.ram_shared
+                       else self.machine.dirty_tracker())
             tracker.start()
             self._synced(first=True)
             self.times.setup_ms = self.times.total_ms()
@@ -356,7 +394,7 @@ class OutgoingMigration:
     def _precopy(self, tracker: DirtyTracker) -> np.ndarray:
         """Live passes until the rest fits in downtime-limit; return what is
         left to send with the guest stopped."""
-        dirty = np.ones(self.machine.ram.pages, dtype=bool)
+        dirty = (np.zeros if self.ram_shared else np.ones)(self.machine.ram.pages, dtype=bool)
         while True:
             started, sent_before = time.monotonic(), self.stats.transferred
             moved_before = self.pages_moved()

@@ -69,7 +69,7 @@ CAPABILITIES = (
 # refused when enabled, rather than silently ignored.
 UNSUPPORTED = {"rdma-pin-all", "compress", "x-colo", "block",
                "dirty-bitmaps", "background-snapshot", "zero-copy-send",
-               "release-ram", "x-ignore-shared",
+               "release-ram",
                "late-block-activate", "zero-blocks"}
 
 MAX_DOWNTIME_MS = 2000 * 1000

@@ -1,6 +1,7 @@
 """User-creatable objects (QEMU's ``-object`` and ``object-add``): TLS
-credentials and authorization lists, looked up by id by the layers that
-use them (migration's ``tls-creds`` and ``tls-authz``)."""
+credentials, authorization lists and memory backends, looked up by id by
+the layers that use them (migration's ``tls-creds`` and ``tls-authz``,
+``-machine memory-backend``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from .registry import ObjectRegistry, UserObject
 
 # The object types load on first use: start-up needs only the registry.
 _LAZY = {"AuthzList": "authz", "AuthzSimple": "authz", "TlsCreds": "tls",
-         "TlsCredsPsk": "tls", "TlsCredsX509": "tls"}
+         "TlsCredsPsk": "tls", "TlsCredsX509": "tls", "MemoryBackend": "memory_backend"}
 
 
 def __getattr__(name: str) -> Any:
@@ -20,5 +21,5 @@ def __getattr__(name: str) -> Any:
     return getattr(import_module(f".{_LAZY[name]}", __name__), name)
 
 
-__all__ = ["AuthzList", "AuthzSimple", "ObjectRegistry", "TlsCreds", "TlsCredsPsk",
+__all__ = ["AuthzList", "AuthzSimple", "MemoryBackend", "ObjectRegistry", "TlsCreds", "TlsCredsPsk",
            "TlsCredsX509", "UserObject"]

@@ -60,9 +60,11 @@ class ObjectRegistry:
     @staticmethod
     def factories() -> dict[str, Factory]:
         from .authz import AuthzList, AuthzSimple
+        from .memory_backend import FACTORIES
         from .tls import TlsCredsPsk, TlsCredsX509
         return {"tls-creds-x509": TlsCredsX509.create, "tls-creds-psk": TlsCredsPsk.create,
-                "authz-simple": AuthzSimple.create, "authz-list": AuthzList.create}
+                "authz-simple": AuthzSimple.create, "authz-list": AuthzList.create,
+                **FACTORIES}
 
     def add(self, qom_type: Any, props: dict[str, Any]) -> UserObject:
         factories = self.factories()
@@ -81,8 +83,12 @@ class ObjectRegistry:
         return obj
 
     def delete(self, ident: str) -> None:
-        if self._objects.pop(ident, None) is None:
+        obj = self._objects.get(ident)
+        if obj is None:
             raise ObjectError(f"object '{ident}' not found")
+        if getattr(obj, "in_use", False):  # a memory backend that is guest RAM
+            raise ObjectError(f"object '{ident}' is in use, can not be deleted")
+        del self._objects[ident]
 
     def get(self, ident: str) -> UserObject | None:
         return self._objects.get(ident)
