@@ -1,10 +1,12 @@
 """``livemig analyze-migration FILE``: what a saved migration stream holds.
 
 The stream inspector, as QEMU ships scripts/analyze-migration.py. A stream
-saved with ``migrate exec:cat>FILE`` is read with livemig's own codec (so
-the file is checked exactly as a destination checks it): the header, a
-summary per record type (count, bytes, pages and page ranges), and the
-decoded machine state as JSON. A malformed file is one clear line naming
+saved with ``migrate file:FILE`` (or ``exec:cat>FILE``) is read with
+livemig's own codec (so the file is checked exactly as a destination
+checks it): the header, a summary per record type (count, bytes, pages and
+page ranges), and the decoded machine state as JSON. A mapped-ram file's
+pages are summed up from its bitmap (as "MappedPages"), and its records
+read from after the pages. A malformed file is one clear line naming
 the byte offset, and exit status 1.
 """
 
@@ -46,7 +48,7 @@ class Analysis:
         return {
             "header": {"version": codec.VERSION, "page-size": self.header.page_size,
                        "ram-size": self.header.ram_size, "machine": self.header.machine,
-                       "uuid": self.header.uuid},
+                       "uuid": self.header.uuid, "mapped-ram": self.header.mapped_ram},
             "records": {name: {"count": s.count, "bytes": s.bytes, "pages": s.pages,
                                "page-ranges": len(s.ranges)}
                         for name, s in self.records.items()},
@@ -55,8 +57,40 @@ class Analysis:
         }
 
 
-def analyze(stream: IO[bytes]) -> Analysis:
-    """Read a whole stream; StreamError (with its offset) if it is malformed."""
+def _mapped_pages(stream: IO[bytes], base: int, reader: codec.BufferedReader,
+                  header: codec.Header, summary: RecordSummary) -> None:
+    """A mapped-ram file: the pages its bitmap says are present (checked to
+    lie inside the file), then on to the records after the pages."""
+    import numpy as np
+
+    from ..migration.mapped_ram import Layout, bitmap_bytes
+    from ..migration.pages import runs
+
+    assert header.mapped_ram is not None
+    pages = header.ram_size // PAGE_SIZE
+    layout = Layout.from_wire(header.mapped_ram, reader.offset, pages, 0)
+    stream.seek(base + layout.bitmap)
+    bitmap = stream.read(bitmap_bytes(pages))
+    if len(bitmap) != bitmap_bytes(pages):
+        raise StreamError("mapped-ram file ends inside its page bitmap", layout.bitmap)
+    present = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8),
+                            bitorder="little")[:pages].astype(bool)
+    for first, count in zip(*runs(present), strict=True):
+        summary.add_range(int(first), int(count))
+    summary.count = 1
+    summary.bytes = len(bitmap) + summary.pages * PAGE_SIZE
+    size = stream.seek(0, 2) - base
+    if summary.ranges and layout.pages + summary.ranges[-1][1] * PAGE_SIZE > size:
+        raise StreamError(f"mapped-ram file ends inside page "
+                          f"{(size - layout.pages) // PAGE_SIZE}", size)
+    stream.seek(base + layout.records)
+    reader.restart_at(layout.records)
+
+
+def analyze(stream: IO[bytes], base: int = 0) -> Analysis:
+    """Read a whole stream (from ``base`` in the file); StreamError (with
+    its offset from there) if it is malformed."""
+    stream.seek(base)
     reader = codec.BufferedReader(stream.readinto)  # type: ignore[attr-defined]
     header = codec.read_header(reader)
     if header.page_size != PAGE_SIZE or header.ram_size % PAGE_SIZE:
@@ -64,6 +98,9 @@ def analyze(stream: IO[bytes]) -> Analysis:
                           "not supported", 0)
     limits = codec.Limits(header.ram_size // PAGE_SIZE)
     records: dict[str, RecordSummary] = {}
+    if header.mapped_ram is not None:
+        _mapped_pages(stream, base, reader, header, records.setdefault("MappedPages",
+                                                                      RecordSummary()))
     states: list[dict[str, Any]] = []
     scratch = bytearray(1 << 20)
     while True:
@@ -110,10 +147,10 @@ def print_report(result: Analysis, out: IO[str]) -> None:
         print(json.dumps(body, indent=2, sort_keys=True), file=out)
 
 
-def main(path: str, as_json: bool) -> int:
+def main(path: str, as_json: bool, offset: int = 0) -> int:
     try:
         with open(path, "rb") as stream:
-            result = analyze(stream)
+            result = analyze(stream, offset)
     except OSError as err:
         print(f"livemig analyze-migration: {path}: {err.strerror}", file=sys.stderr)
         return 1

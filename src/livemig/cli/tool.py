@@ -43,7 +43,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import main as analyze_main
 
-    return analyze_main(args.file, args.json)
+    return analyze_main(args.file, args.json, args.offset)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "a malformed stream is reported with its byte offset.")
     analyze.add_argument("file", help="the saved stream")
     analyze.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    analyze.add_argument("--offset", type=int, default=0,
+                         help="where the stream begins in the file (file:PATH,offset=N)")
     analyze.set_defaults(func=_cmd_analyze)
     return parser
 

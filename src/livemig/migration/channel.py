@@ -1,4 +1,4 @@
-"""Migration transports: ``unix:``, ``tcp:``, ``fd:`` and ``exec:`` URIs.
+"""Migration transports: ``unix:``, ``tcp:``, ``fd:``, ``exec:`` and ``file:`` URIs.
 
 A :class:`Channel` is a byte pipe with gathered writes and a buffered
 reader (codec.BufferedReader) whose large reads go straight into guest RAM.
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import MigrationError
 from .codec import BufferedReader
-from .listener import Listener, TakeFd, incoming_fd, tcp_host
+from .listener import Listener, TakeFd, incoming_fd, open_stream_file, tcp_host
 from .uri import Uri
 
 if TYPE_CHECKING:
@@ -115,6 +115,14 @@ class Channel:
         assert self._rfd is not None
         return os.readv(self._rfd, [view])
 
+    @property
+    def file_fd(self) -> int | None:
+        """The descriptor of a ``file:`` channel (for reads and writes at
+        fixed offsets: mapped-ram); None on any other transport."""
+        if not self.label.startswith("file:"):
+            return None
+        return self._wfd if self._wfd is not None else self._rfd
+
     def wait_readable(self, timeout: float) -> bool:
         """Whether data (or the end) arrives within ``timeout`` seconds."""
         if self._reader is not None and self._reader.buffered:
@@ -139,7 +147,8 @@ class Channel:
 
     def describe_write_error(self, err: OSError) -> str:
         """error-desc for a failed write, in QEMU's words."""
-        what = "command" if self._process is not None else "socket"
+        what = ("command" if self._process is not None
+                else "file" if self.label.startswith("file:") else "socket")
         return f"Unable to write to {what}: {err.strerror or err}"
 
     def shrink_send_buffer(self, size: int) -> None:
@@ -254,6 +263,8 @@ def _connect(uri: Uri, fd: int | None, postcopy: bool) -> Channel:
             return Channel(socket.socket(fileno=fd), label=label)
         except OSError:
             return Channel(wfd=fd, label=label)  # a pipe or a file
+    if uri.scheme == "file":
+        return Channel(wfd=open_stream_file(uri, write=True), label=label)
     try:
         proc = subprocess.Popen(["/bin/sh", "-c", uri.target], stdin=subprocess.PIPE)
     except OSError as err:

@@ -34,7 +34,8 @@ MAGIC = b"LVMG"
 # 1: livemig 0.1 (untyped state, no UUID); 2: typed state, UUID in the header;
 # 3: multifd channels, compressed runs, xbzrle deltas, stream settings in the header;
 # 4: the postcopy-preempt channel (announced in the header, begun with PREEMPT_MAGIC);
-# 5: the header's shared-ram identity (x-ignore-shared: RAM is not in the stream).
+# 5: the header's shared-ram identity (x-ignore-shared: RAM is not in the stream) and
+#    mapped-ram layout (pages at fixed offsets of a file).
 VERSION = 5
 
 HEADER = struct.Struct("<4sHIQI")      # magic, version, page size, RAM bytes, JSON length
@@ -115,6 +116,12 @@ class BufferedReader:
     @property
     def buffered(self) -> int:
         return self._end - self._start
+
+    def restart_at(self, offset: int) -> None:
+        """Forget what is buffered: the source has been moved to ``offset``
+        (a seek of the file under it; mapped-ram's records after its pages)."""
+        self._start = self._end = 0
+        self.offset = offset
 
     def _refill(self) -> None:
         self._start = self._end = 0
@@ -227,12 +234,15 @@ class Header:
     # x-ignore-shared: RAM is not in the stream; the destination must map
     # the same memory, which this (st_dev, st_ino) of the backend names.
     shared_ram: tuple[int, int] | None = None
+    # mapped-ram: where the bitmap, the pages and the later records begin,
+    # in bytes from the stream's first byte (migration/mapped_ram.py).
+    mapped_ram: dict[str, int] | None = None
 
     def encode(self) -> bytes:
         shared = list(self.shared_ram) if self.shared_ram is not None else None
         body = encode_object({"machine": self.machine, "uuid": self.uuid,
                               "multifd": self.multifd, "preempt": self.preempt,
-                              "shared-ram": shared})
+                              "shared-ram": shared, "mapped-ram": self.mapped_ram})
         return HEADER.pack(MAGIC, VERSION, self.page_size, self.ram_size, len(body)) + body
 
 
@@ -261,8 +271,13 @@ def read_header(reader: Reader) -> Header:
             isinstance(shared, list) and len(shared) == 2
             and all(type(n) is int and 0 <= n < 1 << 64 for n in shared)):
         raise StreamError("malformed shared-ram identity in the header", offset)
+    mapped = body.get("mapped-ram")
+    if mapped is not None and not (
+            isinstance(mapped, dict) and set(mapped) == {"bitmap", "pages", "records"}
+            and all(type(n) is int and 0 <= n < 1 << 62 for n in mapped.values())):
+        raise StreamError("malformed mapped-ram layout in the header", offset)
     return Header(page_size, ram_size, machine, uuid, multifd, preempt,
-                  tuple(shared) if shared is not None else None)
+                  tuple(shared) if shared is not None else None, mapped)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ brings a new channel. Every status change is a transition of
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,8 @@ from .codec import (
     read_preempt_hello,
     read_record,
 )
+from .mapped_ram import Layout
+from .mapped_ram import load as load_mapped
 from .params import Settings
 from .phases import AFTER_SWITCHOVER, Phase, advance
 from .return_path import ReturnPath
@@ -168,6 +171,8 @@ class IncomingMigration:
             self.listener.close()
             self._must(self.status.transition(S.SETUP, S.ACTIVE))
             self.phase = Phase.PRECOPY_START
+            if header.mapped_ram is not None:
+                self._load_mapped_ram(channel, header.mapped_ram)
             self._receive(channel)
         except _ERRORS as err:
             if self.postcopy is None:
@@ -245,6 +250,8 @@ class IncomingMigration:
         """The multifd channels the header announces, checked against our settings."""
         ours = self.settings.caps["multifd"]
         theirs = header.multifd
+        if header.mapped_ram is not None:
+            return  # one file: multifd here means threads reading it (_load_mapped_ram)
         if theirs is None:
             if ours:
                 raise MigrationReceiveError("the multifd capability is set here but not on "
@@ -345,6 +352,24 @@ class IncomingMigration:
         self._check_uuid(header.uuid)
         self._check_shared_ram(header.shared_ram)
         return header
+
+    def _load_mapped_ram(self, channel: Channel, wire: dict[str, int]) -> None:
+        """A mapped-ram file: every present page straight from its place
+        into RAM, then the records after the pages (syncs, state, end)."""
+        fd = channel.file_fd
+        if fd is None:
+            raise MigrationReceiveError("a mapped-ram stream can only be read from a file: "
+                                        "URI (its pages are at fixed offsets)")
+        base = self.listener.uri.offset
+        layout = Layout.from_wire(wire, channel.reader.offset, self.machine.ram.pages, 0)
+        caps, params = self.settings.caps, self.settings.params
+        threads = params["multifd-channels"] if caps["multifd"] else 1
+        pages, _read = load_mapped(fd, base, layout, self.machine.ram, threads)
+        with self._stats_lock:  # (transferred: the offset reached in the stream)
+            self.stats.normal += pages
+        os.lseek(fd, base + layout.records, os.SEEK_SET)
+        channel.reader.restart_at(layout.records)
+        self.phase = Phase.MAPPED
 
     def _check_shared_ram(self, theirs: tuple[int, int] | None) -> None:
         """x-ignore-shared: the source sends no RAM, so this VM's must be the

@@ -28,6 +28,24 @@ def tcp_host(host: str) -> str | None:
     return None if host in ("", "0") else host
 
 
+def open_stream_file(uri: Uri, write: bool) -> int:
+    """``file:PATH[,offset=N]``: the descriptor, at the stream's first byte.
+    A save truncates the file first (as QEMU): bytes before the offset read
+    as zeros unless the caller writes them."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_TRUNC) if write else os.O_RDONLY
+    try:
+        fd = os.open(uri.target, flags | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise MigrationError(f"Could not open '{uri.target}': {err.strerror}") from err
+    try:
+        os.lseek(fd, uri.offset, os.SEEK_SET)
+    except OSError as err:
+        os.close(fd)
+        raise MigrationError(f"Could not seek to offset {uri.offset} of '{uri.target}': "
+                             f"{err.strerror}") from err
+    return fd
+
+
 TakeFd = Callable[[str], int]
 
 
@@ -64,6 +82,9 @@ class Listener:
                 self._sock.listen(BACKLOG)
             elif uri.scheme == "fd":
                 self._fd = incoming_fd(uri, take_fd)
+            elif uri.scheme == "file":
+                # Opened now, as QEMU does: a missing file is refused at once.
+                self._fd = open_stream_file(uri, write=False)
         except OSError as err:
             if self._sock is not None:
                 self._sock.close()
@@ -122,10 +143,12 @@ class Listener:
             if uri.scheme == "tcp":
                 watch_tcp_peer(conn, postcopy)
             return Channel(conn, label=label, tcp=uri.scheme == "tcp")
-        if uri.scheme == "fd":
+        if uri.scheme in ("fd", "file"):
             fd, self._fd = self._fd, None
             if fd is None:
                 raise MigrationError(f"incoming {label}: the descriptor was used already")
+            if uri.scheme == "file":
+                return Channel(rfd=fd, label=label)
             try:
                 return Channel(socket.socket(fileno=fd), label=label)
             except OSError:

@@ -11,6 +11,7 @@ transition of ``self.status``; the job thread ends in a catch-all
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from .codec import (
     read_return,
 )
 from .convergence import Decision, PassLog, PassReport, Policy, PolicyError, load_policy
+from .mapped_ram import Layout, MappedRamWriter
 from .multifd import MultifdSender, StreamSettings
 from .pages import CHUNK_PAGES, DOWNTIME_CHUNK_PAGES, ChunkRecords, runs
 from .params import Settings
@@ -116,6 +118,8 @@ class OutgoingMigration:
         self._multifd: MultifdSender | None = None
         self._preempt: Channel | None = None  # postcopy-preempt's channel, until switchover
         self.xbzrle: XbzrleEncoder | None = None  # from the second pass on, with the capability
+        self.mapped: MappedRamWriter | None = None  # mapped-ram: pages go to their places
+        self._layout: Layout | None = None
 
     def _announce(self, status: Status) -> None:
         if self.settings.caps["events"]:
@@ -191,9 +195,34 @@ class OutgoingMigration:
         uuid = self.machine.config.uuid if self.settings.caps["validate-uuid"] else None
         backing = self.machine.ram.backing
         shared = backing.identity if self.ram_shared and backing is not None else None
-        return Header(PAGE_SIZE, self.machine.ram.size, state.machine_description(self.machine),
-                      uuid, self.streams.header() if self.streams is not None else None,
-                      preempt=self._wants_preempt(), shared_ram=shared)
+        mapped = self.settings.caps["mapped-ram"]
+        # (multifd with mapped-ram: threads writing the one file, no channels)
+        multifd = self.streams.header() if self.streams is not None and not mapped else None
+        header = Header(PAGE_SIZE, self.machine.ram.size,
+                        state.machine_description(self.machine), uuid, multifd,
+                        preempt=self._wants_preempt(), shared_ram=shared)
+        if not mapped:
+            return header
+        # The layout follows the header, whose size it changes a little.
+        layout = Layout.after_header(len(header.encode()), self.machine.ram.pages)
+        self._layout = layout
+        header = dataclasses.replace(header, mapped_ram=layout.to_wire())
+        assert len(header.encode()) <= layout.bitmap
+        return header
+
+    def _start_mapped_ram(self, layout: Layout) -> None:
+        """mapped-ram: from now on pages are written at their places in the
+        file, and the rest of the stream after them."""
+        assert self._channel is not None and self.uri is not None
+        fd = self._channel.file_fd
+        assert fd is not None  # a file: URI, checked before connecting
+        streams = self.streams
+        if streams is not None and streams.compression != "none":
+            raise MigrationError("Mapped-ram migration is incompatible with multifd "
+                                 "compression")
+        self.mapped = MappedRamWriter(fd, self.uri.offset, layout, self.machine.ram,
+                                      streams.channels if streams is not None else 1)
+        self.mapped.start_records()
 
     def _await_shared_ram_accepted(self) -> None:
         """x-ignore-shared: before the guest may stop here, the destination
@@ -235,6 +264,9 @@ class OutgoingMigration:
                 self.policy = load_policy(self.settings.params["livemig-convergence-policy"])
             except PolicyError as err:
                 raise MigrationError(str(err)) from err
+            if self.settings.caps["mapped-ram"] and self.uri.scheme != "file":
+                raise MigrationError("mapped-ram needs a file: URI (every page has its "
+                                     "place in the file)")
             self._channel = connect(self.uri, self._fd, tls=self.tls)
             self._check_cancel()
             postcopy = self.settings.caps["postcopy-ram"]
@@ -251,7 +283,9 @@ class OutgoingMigration:
             self._send(start, "precopy")
             if self.ram_shared:
                 self._await_shared_ram_accepted()
-            if self.streams is not None:
+            if self._layout is not None:
+                self._start_mapped_ram(self._layout)
+            elif self.streams is not None:
                 self._open_multifd(self.streams)
             if self._wants_preempt():
                 self._preempt = self._open_preempt(self.uri)
@@ -289,6 +323,8 @@ class OutgoingMigration:
                 except LivemigError as err:
                     log.warning("could not stop dirty tracking: %s", err)
             self._close_multifd()
+            if self.mapped is not None:
+                self.mapped.close()
             for channel in (self._channel, self._preempt):
                 if channel is not None:
                     channel.close()
@@ -326,13 +362,17 @@ class OutgoingMigration:
     def _send(self, buffers: list[bytes | memoryview], kind: str) -> None:
         """Send on the main channel and count: ``kind`` is precopy or downtime."""
         assert self._channel is not None
-        sent = self._channel.send(buffers)
+        self._count(self._channel.send(buffers), kind)
+
+    def _count(self, sent: int, kind: str, zero: int = 0, normal: int = 0) -> None:
         with self._stats_lock:
             self.stats.transferred += sent
             if kind == "precopy":
                 self.stats.precopy_bytes += sent
             else:
                 self.stats.downtime_bytes += sent
+            self.stats.duplicate += zero
+            self.stats.normal += normal
 
     # --- multifd ------------------------------------------------------------------------
     def _open_multifd(self, streams: StreamSettings) -> None:
@@ -371,6 +411,8 @@ class OutgoingMigration:
     def _barrier(self, kind: str, last: bool = False) -> None:
         """With multifd: every page queued so far lands before anything after
         this (module multifd); ``last``: the channels end here."""
+        if self.mapped is not None:
+            self.mapped.flush()  # the next pass may write these pages again
         multifd = self._multifd
         if multifd is None:
             return
@@ -444,6 +486,12 @@ class OutgoingMigration:
         """One chunk of a pass: queued to multifd, xbzrle-encoded, or sent as it is."""
         if self._multifd is not None:
             self._multifd.submit(first, mask.copy(), live)
+            return
+        if self.mapped is not None:
+            zero, normal, nbytes = self.mapped.write_chunk(first, mask, live)
+            self._count(nbytes, "precopy" if live else "downtime", zero, normal)
+            if live:
+                self.limiter.wait(nbytes)
             return
         if self.xbzrle is not None:
             buffers, zero, normal = self.xbzrle.chunk(first, mask)
@@ -556,6 +604,8 @@ class OutgoingMigration:
         self._synced()
         self._send_pages(dirty, None)
         self._barrier("downtime", last=True)
+        if self.mapped is not None:
+            self._count(self.mapped.finish(), "downtime")
         record = State(state.capture(self.machine, was_running).to_wire())
         if not self.status.commit():
             raise Cancelled()

@@ -26,7 +26,7 @@ def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.flatnonzero(edges == -1) - starts
 
 
-def _nonzero_pages(ram: GuestRam, first: int, dirty: np.ndarray) -> np.ndarray:
+def nonzero_pages(ram: GuestRam, first: int, dirty: np.ndarray) -> np.ndarray:
     """Which dirty pages of the chunk at ``first`` are not all zero.
 
     Only dirty pages are read (a later pass leaves most of a chunk clean).
@@ -56,7 +56,7 @@ class ChunkRecords:
                  detect_zero: bool = True,
                  compress: Callable[[memoryview], bytes] | None = None) -> None:
         if detect_zero:
-            nonzero = _nonzero_pages(ram, first, dirty)
+            nonzero = nonzero_pages(ram, first, dirty)
         else:
             nonzero = np.ones(len(dirty), dtype=bool)
         zero = dirty & ~nonzero

@@ -63,7 +63,7 @@ CAPABILITIES = (
     "postcopy-ram", "x-colo", "release-ram", "block", "return-path",
     "pause-before-switchover", "multifd", "dirty-bitmaps", "postcopy-blocktime",
     "late-block-activate", "x-ignore-shared", "validate-uuid", "background-snapshot",
-    "zero-copy-send", "postcopy-preempt", "dirty-limit",
+    "zero-copy-send", "postcopy-preempt", "dirty-limit", "mapped-ram",
 )
 # Capabilities that change what goes on the wire and are not implemented:
 # refused when enabled, rather than silently ignored.
@@ -177,6 +177,10 @@ class Settings:
         merged = {**self.caps, **{item["capability"]: bool(item["state"]) for item in changes}}
         if merged["postcopy-preempt"] and not merged["postcopy-ram"]:
             raise MigrationError("Postcopy preempt requires postcopy-ram")  # QEMU 7.2's words
+        if merged["mapped-ram"]:
+            for other, what in (("xbzrle", "xbzrle"), ("postcopy-ram", "postcopy")):
+                if merged[other]:
+                    raise MigrationError(f"Mapped-ram migration is incompatible with {what}")
         if merged["dirty-limit"] and merged["auto-converge"]:
             # QEMU 8.1's check and words. (It also wants KVM with a dirty
             # ring; livemig limits from its own tracking on any accelerator.)

@@ -13,6 +13,7 @@ before the header. The graph is drawn in docs/migration.md::
                        switchover ─(postcopy-run)─► postcopy ─┬─ pages, zero runs
                                                               └─(end)─► done
     recovery channel: header ─► recovery ─(resume)─► postcopy
+    mapped-ram file: header, pages read in place ─► mapped-ram ─ syncs ─(state)─► state-loaded
 
 Precopy phases also accept xbzrle deltas and multifd flushes. Each multifd
 channel has its own, smaller graph (CHANNEL_ACCEPTS): after its hello it
@@ -55,6 +56,7 @@ class Phase(StrEnum):
     SWITCHOVER = "switchover"
     POSTCOPY = "postcopy"
     RECOVERY = "recovery"
+    MAPPED = "mapped-ram"
     CHANNEL = "channel"
     DONE = "done"
 
@@ -73,6 +75,8 @@ ACCEPTS: dict[Phase, dict[type, Phase]] = {
     P.SWITCHOVER: {PostcopyRun: P.POSTCOPY},
     P.POSTCOPY: {PageRun: P.POSTCOPY, ZeroRun: P.POSTCOPY, End: P.DONE},
     P.RECOVERY: {Resume: P.POSTCOPY},
+    # mapped-ram: the pages were read from their places; then syncs and the state.
+    P.MAPPED: {Sync: P.MAPPED, State: P.STATE_LOADED},
 }
 
 AFTER_SWITCHOVER = frozenset({P.POSTCOPY, P.RECOVERY})
