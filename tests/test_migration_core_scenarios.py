@@ -402,9 +402,15 @@ def test_connection_errors_in_qemus_words(vmm_any_accel: VmmKind, lab: VmLaunche
     ("fd:nosuch", "File descriptor named 'nosuch' has not been found"),
     ("unix:", "invalid Unix socket address"),
     ("file:", "Parameter 'uri' expects a valid migration protocol"),
+    ("file:/x,offset=many", "Parameter 'uri' expects a valid migration protocol"),
 ])
 def test_bad_uris_refused_at_once(vmm_any_accel: VmmKind, lab: VmLauncher, uri: str,
                                   desc: str) -> None:
+    if uri.startswith("file:") and not vmm_any_accel.is_qemu:
+        # QEMU 7.2 has no file: URI at all; livemig has QEMU 9's, and says
+        # what is wrong with this one.
+        desc = ("file URI has bad offset many" if "offset" in uri
+                else "file URI needs a path: file:PATH[,offset=N]")
     src = lab.start(vmm_any_accel, "src")
     answer = src.raw("migrate", {"uri": uri})
     assert answer.get("error", {}).get("desc") == desc, answer
