@@ -23,26 +23,16 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
-from common import arguments, compare, console, report
+from common import arguments, compare, console, fill_over_qtest, report
 
-from livemig.lab import QtestClient, VmLauncher, VmmKind, qtest_listener, wait_until
+from livemig.lab import Vm, VmLauncher, VmmKind, qtest_listener, set_mapped_ram, wait_until
 
 UNLIMITED = 100_000_000_000
 
 
-def _status(vm: Any) -> str:
+def _status(vm: Vm) -> str:
     return str(vm.cmd("query-migrate").get("status", "none"))
-
-
-def _mapped_ram(vm: Any, threads: int) -> None:
-    caps = [{"capability": "mapped-ram", "state": True}]
-    if threads:
-        caps.append({"capability": "multifd", "state": True})
-    vm.cmd("migrate-set-capabilities", capabilities=caps)
-    if threads:
-        vm.cmd("migrate-set-parameters", **{"multifd-channels": threads})
 
 
 def save_and_restore(kind: VmmKind, ram: str, mapped: bool, where: Path,
@@ -56,14 +46,10 @@ def save_and_restore(kind: VmmKind, ram: str, mapped: bool, where: Path,
         listener = qtest_listener(qtest_path)
         src = lab.start(kind, "src", ram=ram, boot=False,
                         extra=["-S", "-qtest", f"unix:{qtest_path}"])
-        listener.settimeout(60)
-        conn, _ = listener.accept()
-        qtest = QtestClient(conn)
+        qtest = fill_over_qtest(listener, kind, size)
         try:
-            if (answer := qtest.command(f"memset 0 {size} 0x5a")) != "OK":
-                raise SystemExit(f"{kind.label}: qtest memset: {answer}")
             if mapped and not kind.is_qemu:   # QEMU 7.2 has no mapped-ram
-                _mapped_ram(src, threads)
+                set_mapped_ram(src, threads)
             src.cmd("migrate-set-parameters", **{"max-bandwidth": UNLIMITED})
             save = f"exec:cat > {image}" if kind.is_qemu else f"file:{image}"
             src.cmd("migrate", uri=save)
@@ -79,7 +65,7 @@ def save_and_restore(kind: VmmKind, ram: str, mapped: bool, where: Path,
         incoming = "defer" if threads and not kind.is_qemu else restore
         dst = lab.start(kind, "dst", ram=ram, boot=False, extra=["-S", "-incoming", incoming])
         if incoming == "defer":
-            _mapped_ram(dst, threads)
+            set_mapped_ram(dst, threads)
             dst.cmd("migrate-incoming", uri=restore)
         wait_until(lambda: _status(dst) == "completed", 300, "the restore", interval=0.005)
         restored = time.perf_counter() - started

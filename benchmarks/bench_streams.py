@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import alternate, arguments, console, kinds, report
+from common import alternate, arguments, console, fill_over_qtest, kinds, report
 
-from livemig.lab import QtestClient, Vm, VmLauncher, VmmKind, qtest_listener, wait_until
+from livemig.lab import Vm, VmLauncher, VmmKind, qtest_listener, wait_until
 from livemig.lab.certs import x509_dirs
 from livemig.lab.checks import check_ab_ram
 from livemig.lab.link import Link
@@ -97,12 +97,8 @@ def idle(kind: VmmKind, ram: str, channels: int, tls: tuple[Path, Path] | None
             params["multifd-channels"] = channels
         src, dst, port = _pair(lab, kind, caps, params, tls, ram=ram, boot=False,
                                src_extra=["-S", "-qtest", f"unix:{qtest_path}"])
-        listener.settimeout(60)
-        conn, _ = listener.accept()
-        qtest = QtestClient(conn)
+        qtest = fill_over_qtest(listener, kind, size)
         try:
-            if (answer := qtest.command(f"memset 0 {size} 0x5a")) != "OK":
-                raise SystemExit(f"{kind.label}: qtest memset: {answer}")
             info = _complete(src, dst, f"tcp:127.0.0.1:{port}")
         finally:
             qtest.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from rich.table import Table
 from livemig.lab import (
     LIVEMIG_BINARY,
     QEMU_BINARY,
+    QtestClient,
     Vm,
     VmLauncher,
     VmmKind,
@@ -40,6 +42,19 @@ def start_pair(lab: VmLauncher, kind: VmmKind, name: str,
     dst = lab.start(kind, f"{name}-dst", extra=["-incoming", uri, *(dst_extra or [])])
     wait_until(socket_path.exists, 30, "the destination socket")
     return src, dst, uri
+
+
+def fill_over_qtest(listener: socket.socket, kind: VmmKind, size: int) -> QtestClient:
+    """Take the qtest connection of a VM started with ``-qtest`` on
+    ``listener`` and fill [0, size) of its RAM with 0x5a; the caller closes
+    the client once done with the VM."""
+    listener.settimeout(60)
+    conn, _ = listener.accept()
+    qtest = QtestClient(conn)
+    if (answer := qtest.command(f"memset 0 {size} 0x5a")) != "OK":
+        qtest.close()
+        raise SystemExit(f"{kind.label}: qtest memset: {answer}")
+    return qtest
 
 
 def kinds(accel: str) -> tuple[VmmKind, VmmKind | None]:

@@ -16,7 +16,7 @@ import pytest
 from conftest import LIVEMIG, slowdown
 from migration_helpers import check_guests_ram, migrate, wait_for_status
 
-from livemig.lab import Vm, VmLauncher, VmmKind, wait_until
+from livemig.lab import Vm, VmLauncher, VmmKind, set_mapped_ram, wait_until
 
 RAM = 150 << 20
 
@@ -44,7 +44,7 @@ def _restored(lab: VmLauncher, kind: VmmKind, name: str, uri: str, threads: int 
     check. ``threads``: set mapped-ram and multifd first (-incoming defer)."""
     vm = lab.start(kind, name, extra=["-incoming", "defer" if threads else uri])
     if threads:
-        _mapped_ram(vm, threads)
+        set_mapped_ram(vm, threads)
         vm.cmd("migrate-incoming", uri=uri)
     wait_for_status(vm, "completed", timeout=60 * slowdown(kind))
     vm.wait_event("RESUME", timeout=30)
@@ -69,18 +69,9 @@ def test_save_to_a_file_and_restore(vmm_any_accel: VmmKind, lab: VmLauncher) -> 
 
 
 @pytest.mark.skipif(LIVEMIG is None, reason="livemig not installed")
-def _mapped_ram(vm: Vm, threads: int) -> None:
-    caps = [{"capability": "mapped-ram", "state": True}]
-    if threads:
-        caps.append({"capability": "multifd", "state": True})
-    vm.cmd("migrate-set-capabilities", capabilities=caps)
-    if threads:
-        vm.cmd("migrate-set-parameters", **{"multifd-channels": threads})
-
-
 @pytest.mark.parametrize("mapped,threads", [(False, 0), (True, 0), (True, 3)],
                          ids=["stream", "mapped-ram", "mapped-ram-multifd"])
-def test_offset_and_mapped_ram(livemig_tcg: VmmKind, lab: VmLauncher, mapped: bool,
+def test_offset_andset_mapped_ram(livemig_tcg: VmmKind, lab: VmLauncher, mapped: bool,
                                threads: int) -> None:
     """The stream may begin N bytes into the file (what is before stays
     zeros); with mapped-ram the file stays under RAM + 2 MiB however many
@@ -90,7 +81,7 @@ def test_offset_and_mapped_ram(livemig_tcg: VmmKind, lab: VmLauncher, mapped: bo
     uri = f"file:{image},offset=1M"
     src = lab.start(livemig_tcg, "src")
     if mapped:
-        _mapped_ram(src, threads)
+        set_mapped_ram(src, threads)
     info = _save(src, uri, passes=4)
     size = image.stat().st_size
     assert image.read_bytes()[:1 << 20] == bytes(1 << 20)
@@ -131,7 +122,7 @@ def test_mapped_ram_refusals(livemig_tcg: VmmKind, lab: VmLauncher) -> None:
     migrate(vm, f"unix:{lab.workdir / 'nobody.sock'}")
     wait_until(lambda: vm.cmd("query-migrate")["status"] == "failed", 30, "the refusal")
     assert "mapped-ram needs a file: URI" in vm.cmd("query-migrate")["error-desc"]
-    _mapped_ram(vm, 2)
+    set_mapped_ram(vm, 2)
     vm.cmd("migrate-set-parameters", **{"multifd-compression": "zlib"})
     migrate(vm, f"file:{lab.workdir / 'x.img'}")
     wait_until(lambda: vm.cmd("query-migrate")["status"] == "failed", 30, "the refusal")

@@ -12,10 +12,11 @@ from .vmm import (
     find_binary,
     kvm_usable,
     qtest_listener,
+    set_mapped_ram,
     wait_until,
 )
 
 __all__ = [
     "LIVEMIG_BINARY", "QEMU_BINARY", "LabError", "QtestClient", "Vm", "VmLauncher", "VmmKind",
-    "find_binary", "kvm_usable", "qtest_listener", "wait_until",
+    "find_binary", "kvm_usable", "qtest_listener", "set_mapped_ram", "wait_until",
 ]

@@ -310,6 +310,17 @@ class VmLauncher:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def set_mapped_ram(vm: Vm, threads: int = 0) -> None:
+    """Over QMP: the mapped-ram capability, and with ``threads`` multifd
+    with that many channels (threads writing or reading the file)."""
+    caps = [{"capability": "mapped-ram", "state": True}]
+    if threads:
+        caps.append({"capability": "multifd", "state": True})
+    vm.cmd("migrate-set-capabilities", capabilities=caps)
+    if threads:
+        vm.cmd("migrate-set-parameters", **{"multifd-channels": threads})
+
+
 def qtest_listener(path: Path) -> socket.socket:
     """A listening unix socket, as QEMU's qtest harness makes before starting a VM."""
     path.unlink(missing_ok=True)
