@@ -48,6 +48,7 @@ from .multifd import MultifdSender, StreamSettings
 from .pages import CHUNK_PAGES, DOWNTIME_CHUNK_PAGES, ChunkRecords, runs
 from .params import Settings
 from .postcopy_source import Done, Outcome, Paused, PostcopySource, describe
+from .snapshot import SnapshotRam
 from .stats import JobTimes, RamStats, RateLimiter
 from .status import SOURCE_TRANSITIONS, IllegalTransition, Status, StatusMachine
 from .tls import TlsConfig
@@ -119,6 +120,7 @@ class OutgoingMigration:
         self._preempt: Channel | None = None  # postcopy-preempt's channel, until switchover
         self.xbzrle: XbzrleEncoder | None = None  # from the second pass on, with the capability
         self.mapped: MappedRamWriter | None = None  # mapped-ram: pages go to their places
+        self.snapshot_faults = 0  # background-snapshot: guest writes that waited for a save
         self._layout: Layout | None = None
 
     def _announce(self, status: Status) -> None:
@@ -289,6 +291,9 @@ class OutgoingMigration:
                 self._open_multifd(self.streams)
             if self._wants_preempt():
                 self._preempt = self._open_preempt(self.uri)
+            if self.settings.caps["background-snapshot"]:
+                self._background_snapshot()
+                return
             tracker = (SharedRamTracker(self.machine.ram) if self.ram_shared
                        else self.machine.dirty_tracker())
             tracker.start()
@@ -614,6 +619,54 @@ class OutgoingMigration:
         self.times.downtime_ms = int((time.monotonic() - stopped_at) * 1000)
         self._end(S.COMPLETED)
 
+    def _background_snapshot(self) -> None:
+        """background-snapshot (snapshot.py): the guest as it is now, saved
+        while it runs on; it is paused only to capture its state and
+        write-protect its RAM."""
+        machine = self.machine
+
+        def send(records: ChunkRecords) -> None:
+            self._count(self._channel_send(records.buffers), "precopy", records.zero,
+                        records.normal)
+
+        paused_at = time.monotonic()
+        with machine.lock:
+            was_running = machine.running
+            machine.pause_vcpus()
+            try:
+                record = State(state.capture(machine, was_running).to_wire())
+                snap = SnapshotRam(machine.ram, send, machine.accel_name == "kvm")
+                try:
+                    snap.protect()
+                except BaseException:
+                    snap.close()
+                    raise
+            finally:
+                machine.resume_vcpus()
+        self.times.downtime_ms = int((time.monotonic() - paused_at) * 1000)
+        self.times.setup_ms = self.times.total_ms()
+        try:
+            if not self.status.transition(S.SETUP, S.ACTIVE):
+                raise Cancelled()
+
+            def before_chunk() -> None:
+                self._check_cancel()
+                self.limiter.wait(CHUNK_PAGES * PAGE_SIZE)
+
+            snap.background_pass(before_chunk)
+            self.snapshot_faults = snap.faults
+        finally:
+            snap.close()
+        if not self.status.commit():
+            raise Cancelled()
+        self._send([record.encode(), End().encode()], "downtime")
+        self.stats.remaining = 0
+        self._end(S.COMPLETED)
+
+    def _channel_send(self, buffers: list[bytes | memoryview]) -> int:
+        assert self._channel is not None
+        return self._channel.send(buffers)
+
     def _pause_before_switchover(self, then: Status = S.DEVICE) -> None:
         """The guest is stopped: wait in pre-switchover for migrate-continue
         (or a cancel), then go on in ``then``: device (the rest of a
@@ -726,7 +779,9 @@ class OutgoingMigration:
         running again here if the job stopped it and it stays here."""
         machine = self.machine
         with machine.lock:
-            if status == S.COMPLETED:
+            if status == S.COMPLETED and self.settings.caps["background-snapshot"]:
+                pass  # a snapshot: the guest never left, and runs on here
+            elif status == S.COMPLETED:
                 machine.set_runstate(RunState.POSTMIGRATE)
             elif self._stopped_guest:
                 machine.resume()

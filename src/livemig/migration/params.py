@@ -68,7 +68,7 @@ CAPABILITIES = (
 # Capabilities that change what goes on the wire and are not implemented:
 # refused when enabled, rather than silently ignored.
 UNSUPPORTED = {"rdma-pin-all", "compress", "x-colo", "block",
-               "dirty-bitmaps", "background-snapshot", "zero-copy-send",
+               "dirty-bitmaps", "zero-copy-send",
                "release-ram",
                "late-block-activate", "zero-blocks"}
 
@@ -177,6 +177,12 @@ class Settings:
         merged = {**self.caps, **{item["capability"]: bool(item["state"]) for item in changes}}
         if merged["postcopy-preempt"] and not merged["postcopy-ram"]:
             raise MigrationError("Postcopy preempt requires postcopy-ram")  # QEMU 7.2's words
+        if merged["background-snapshot"]:
+            for other in ("postcopy-ram", "multifd", "xbzrle", "mapped-ram", "x-ignore-shared",
+                          "pause-before-switchover", "auto-converge", "dirty-limit",
+                          "postcopy-preempt", "postcopy-blocktime"):
+                if merged[other]:  # QEMU's words
+                    raise MigrationError(f"Background-snapshot is not compatible with {other}")
         if merged["mapped-ram"]:
             for other, what in (("xbzrle", "xbzrle"), ("postcopy-ram", "postcopy")):
                 if merged[other]:
