@@ -173,3 +173,25 @@ def test_fault_latency_summary_and_blocktime() -> None:
     summary = latency.summary()
     assert summary["count"] == 3 and summary["max-us"] == 3000.0
     assert summary["p50-us"] == 1000.0 and summary["mean-us"] == 1500.0
+
+
+def test_memory_backend_objects_check_their_properties() -> None:
+    """object-add / -object memory-backend-*: every bad property is an
+    ObjectError with the cause; a good one keeps QEMU's defaults."""
+    from livemig.objects.memory_backend import FACTORIES
+    from livemig.objects.registry import ObjectError
+
+    memfd, file = FACTORIES["memory-backend-memfd"], FACTORIES["memory-backend-file"]
+    bad = [(memfd, {"size": -1}, "expects uint64"), (memfd, {"size": True}, "expects uint64"),
+           (memfd, {"size": 1 << 64}, "expects uint64"), (memfd, {"size": 0}, "not set"),
+           (memfd, {}, "not set"), (memfd, {"size": 4097}, "multiple of the page size"),
+           (memfd, {"size": "lots"}, "not a size"), (memfd, {"size": 4096, "x": 1}, "'x'"),
+           (memfd, {"size": 4096, "share": "maybe"}, "'share'"),
+           (file, {"size": 4096}, "mem-path"), (file, {"size": 4096, "mem-path": ""}, "mem-path"),
+           (FACTORIES["memory-backend-ram"], {"size": 4096, "share": True}, "memfd")]
+    for factory, props, words in bad:
+        with pytest.raises(ObjectError, match=words):
+            factory("m", props)
+    assert memfd("m", {"size": "64M"}).spec.share is True        # memfd: shared by default
+    spec = file("f", {"size": 8192, "mem-path": "/x"}).spec
+    assert (spec.share, spec.size, spec.mem_path) == (False, 8192, "/x")

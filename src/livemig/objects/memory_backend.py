@@ -17,14 +17,16 @@ PAGE = 4096
 def _size(value: Any) -> int:
     """'size': bytes, as a JSON number or QEMU's size text (150M)."""
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ObjectError("Invalid parameter type for 'size', expected: size")
+        raise ObjectError("Parameter 'size' expects uint64")
     if isinstance(value, str):
         try:
             value = parse_size(value)
         except LivemigError as err:
             raise ObjectError(f"Parameter 'size' expects a non-negative number below 2^64 "
                               f"({err})") from err
-    if value <= 0:
+    if value < 0 or value >= 1 << 64:
+        raise ObjectError("Parameter 'size' expects uint64")  # QEMU's words
+    if value == 0:
         raise ObjectError("property 'size' of memory-backend not set or zero")
     if value % PAGE:
         raise ObjectError(f"memory backend size {value} is not a multiple of the page "
