@@ -364,7 +364,7 @@ class IncomingMigration:
         layout = Layout.from_wire(wire, channel.reader.offset, self.machine.ram.pages, 0)
         caps, params = self.settings.caps, self.settings.params
         threads = params["multifd-channels"] if caps["multifd"] else 1
-        pages, _read = load_mapped(fd, base, layout, self.machine.ram, threads)
+        pages = load_mapped(fd, base, layout, self.machine.ram, threads)
         with self._stats_lock:  # (transferred: the offset reached in the stream)
             self.stats.normal += pages
         os.lseek(fd, base + layout.records, os.SEEK_SET)

@@ -149,11 +149,10 @@ class MappedRamWriter:
         return len(bits)
 
 
-def load(fd: int, base: int, layout: Layout, ram: GuestRam, threads: int = 1
-         ) -> tuple[int, int]:
+def load(fd: int, base: int, layout: Layout, ram: GuestRam, threads: int = 1) -> int:
     """The destination's side: read the bitmap, then every present page
     straight into RAM (``threads`` readers, each a share of the runs);
-    absent pages are made zero. Returns (pages read, bytes read). A file
+    absent pages are made zero. Returns the pages read. A file
     that ends early is a StreamTruncated at the offset (from the stream's
     first byte) where it ends."""
     need = bitmap_bytes(ram.pages)
@@ -178,8 +177,7 @@ def load(fd: int, base: int, layout: Layout, ram: GuestRam, threads: int = 1
             for done in [pool.submit(_read_pages, fd, base, layout, ram, *piece)
                          for piece in pieces]:
                 done.result()
-    pages = int(present.sum())
-    return pages, need + pages * PAGE_SIZE
+    return int(present.sum())
 
 
 _READ_PIECE = 1024  # pages: 4 MiB a read

@@ -120,7 +120,6 @@ class OutgoingMigration:
         self._preempt: Channel | None = None  # postcopy-preempt's channel, until switchover
         self.xbzrle: XbzrleEncoder | None = None  # from the second pass on, with the capability
         self.mapped: MappedRamWriter | None = None  # mapped-ram: pages go to their places
-        self.snapshot_faults = 0  # background-snapshot: guest writes that waited for a save
         self._layout: Layout | None = None
 
     def _announce(self, status: Status) -> None:
@@ -364,10 +363,12 @@ class OutgoingMigration:
         if self._cancel.is_set():
             raise Cancelled()
 
-    def _send(self, buffers: list[bytes | memoryview], kind: str) -> None:
-        """Send on the main channel and count: ``kind`` is precopy or downtime."""
+    def _send(self, buffers: list[bytes | memoryview], kind: str, zero: int = 0,
+              normal: int = 0) -> None:
+        """Send on the main channel and count: ``kind`` is precopy or downtime;
+        ``zero`` and ``normal``: the pages the buffers carry."""
         assert self._channel is not None
-        self._count(self._channel.send(buffers), kind)
+        self._count(self._channel.send(buffers), kind, zero, normal)
 
     def _count(self, sent: int, kind: str, zero: int = 0, normal: int = 0) -> None:
         with self._stats_lock:
@@ -507,10 +508,7 @@ class OutgoingMigration:
                                              records.nbytes)
         if live:
             self.limiter.wait(nbytes)
-        self._send(buffers, "precopy" if live else "downtime")
-        with self._stats_lock:
-            self.stats.duplicate += zero
-            self.stats.normal += normal
+        self._send(buffers, "precopy" if live else "downtime", zero, normal)
 
     def _start_xbzrle(self) -> None:
         """After the first pass (as QEMU), and anew if xbzrle-cache-size changed."""
@@ -626,8 +624,7 @@ class OutgoingMigration:
         machine = self.machine
 
         def send(records: ChunkRecords) -> None:
-            self._count(self._channel_send(records.buffers), "precopy", records.zero,
-                        records.normal)
+            self._send(records.buffers, "precopy", records.zero, records.normal)
 
         paused_at = time.monotonic()
         with machine.lock:
@@ -654,7 +651,6 @@ class OutgoingMigration:
                 self.limiter.wait(CHUNK_PAGES * PAGE_SIZE)
 
             snap.background_pass(before_chunk)
-            self.snapshot_faults = snap.faults
         finally:
             snap.close()
         if not self.status.commit():
@@ -662,10 +658,6 @@ class OutgoingMigration:
         self._send([record.encode(), End().encode()], "downtime")
         self.stats.remaining = 0
         self._end(S.COMPLETED)
-
-    def _channel_send(self, buffers: list[bytes | memoryview]) -> int:
-        assert self._channel is not None
-        return self._channel.send(buffers)
 
     def _pause_before_switchover(self, then: Status = S.DEVICE) -> None:
         """The guest is stopped: wait in pre-switchover for migrate-continue

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import select
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
@@ -32,9 +32,6 @@ from ..uffd import abi as uffd_abi
 from .pages import CHUNK_PAGES, ChunkRecords
 
 log = get_logger(__name__)
-
-Send = Callable[[Sequence[bytes | memoryview]], tuple[int, int]]  # -> (zero, normal)
-
 
 class SnapshotRam:
     """Guest RAM write-protected for one snapshot; ``send`` puts records on
@@ -118,6 +115,8 @@ class SnapshotRam:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+        log.info("background-snapshot: %d guest writes waited for their page to be saved",
+                 self.faults)
         self._ram.access_guard = None
         try:
             self._uffd.write_protect(self._ram.address, self._ram.size, False)

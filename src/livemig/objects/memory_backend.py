@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import LivemigError
 from ..memory.backing import KINDS, BackendSpec
 from ..sizes import parse_size
-from .registry import ObjectError, boolean, reject_unknown, string
+from .registry import Factory, ObjectError, boolean, reject_unknown, string
 
 PAGE = 4096
 
@@ -43,7 +43,7 @@ class MemoryBackend:
         self.in_use = False
 
     @classmethod
-    def factory(cls, kind: str) -> Any:
+    def factory(cls, kind: str) -> Factory:
         def create(ident: str, props: dict[str, Any]) -> MemoryBackend:
             known = {"size", "share", "prealloc"}
             if kind == "memory-backend-file":
