@@ -71,8 +71,14 @@ class Accelerator(Protocol):
         """Make a ``run`` in progress (or about to start) return soon."""
         ...
 
-    def preload(self) -> None:
-        """Start building whatever ``run`` will need, without waiting for it."""
+    def preload(self, incoming: bool = False) -> None:
+        """Start building whatever ``run`` will need, without waiting for it.
+        ``incoming``: the vCPU state will come from a migration, in whatever
+        mode the guest is in by then."""
+        ...
+
+    def wait_ready(self) -> None:
+        """Wait until what preload started is built (a failure shows at run)."""
         ...
 
     def get_state(self) -> CpuState: ...

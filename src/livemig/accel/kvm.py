@@ -197,8 +197,11 @@ class KvmAccelerator:
         from ..memory.dirty import KvmDirtyTracker
         return KvmDirtyTracker(self.vm, RAM_SLOT, ram)
 
-    def preload(self) -> None:
+    def preload(self, incoming: bool = False) -> None:
         """The vCPU is made in ``__init__``: nothing is left to build."""
+
+    def wait_ready(self) -> None:
+        """Nothing to wait for (see preload)."""
 
     def dirty_ring_counts(self) -> list[int] | None:
         return list(self.dirty_ring.harvested) if self.dirty_ring is not None else None

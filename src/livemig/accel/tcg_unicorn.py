@@ -54,7 +54,16 @@ class UnicornVcpu:
         self._kicked = threading.Event()
         self._mode = UC_MODE_16
         self._uc, self._stop = self._engine(UC_MODE_16)
+        # An instance for the other mode, built ahead (prepare_other_mode).
+        self._spare: tuple[int, tuple[Uc, tcg_stop.StopControl]] | None = None
         self.set_state(state)
+
+    def prepare_other_mode(self) -> None:
+        """Build the engine for the mode not in use now, so that a switch to
+        it (a migrated state in the other mode) costs nothing then. Called
+        before this vCPU is handed to any other thread."""
+        other = UC_MODE_32 if self._mode == UC_MODE_16 else UC_MODE_16
+        self._spare = (other, self._engine(other))
 
     def _engine(self, mode: int) -> tuple[Uc, tcg_stop.StopControl]:
         """A Unicorn instance on our RAM, with the port and MMIO hooks.
@@ -168,7 +177,15 @@ class UnicornVcpu:
     def set_state(self, state: CpuState) -> None:
         mode = UC_MODE_32 if state.protected else UC_MODE_16
         if mode != self._mode:
-            (self._uc, self._stop), self._mode = self._engine(mode), mode
+            spare = self._spare
+            if spare is not None and spare[0] == mode:
+                # The old instance becomes the spare: a switch back is free too.
+                self._spare = (self._mode, (self._uc, self._stop))
+                self._uc, self._stop = spare[1]
+                self._uc.ctl_flush_tb()  # it may have run (and translated) before
+            else:
+                self._uc, self._stop = self._engine(mode)
+            self._mode = mode
         uc = self._uc
         try:
             uc.reg_write(X.UC_X86_REG_GDTR, (0, state.gdt[0], state.gdt[1], 0))
@@ -190,6 +207,11 @@ class UnicornVcpu:
             raise AccelError(f"tcg: could not load vCPU state: {err}") from err
 
     def code_changed(self, address: int, length: int) -> None:
+        if length >= self._ram.size:
+            # All of RAM (a migrated state): dropping every translation at
+            # once is far cheaper than a walk over each page (5 ms at 4 GiB).
+            self._uc.ctl_flush_tb()
+            return
         self._uc.ctl_remove_cache(address, address + max(length, 1))
 
     def close(self) -> None:

@@ -121,7 +121,12 @@ class Machine:
     def load_engine(self) -> None:
         """Have the accelerator build its engine in the background (once)."""
         if self.accel is not None:
-            self.accel.preload()
+            self.accel.preload(incoming=self.config.incoming)
+
+    def wait_engine(self) -> None:
+        """Wait until load_engine's work is done."""
+        if self.accel is not None:
+            self.accel.wait_ready()
 
     # --- run-state control (call with self.lock held) ---------------------------
     @property
@@ -276,8 +281,10 @@ class Machine:
         """Adopt a validated vCPU state."""
         if self.accel is None:
             return
-        self.accel.code_changed(0, self.ram.size)
         self.accel.set_state(state)
+        # After set_state: that may switch engines, and the one that runs next
+        # must not keep code translated from the RAM as it was before.
+        self.accel.code_changed(0, self.ram.size)
         if self.vcpu is not None:
             self.vcpu.set_halted(state.halted)
 

@@ -165,6 +165,10 @@ class IncomingMigration:
             self._must(self.status.transition(S.NONE, S.SETUP))
             header = self._read_header(channel)
             if header.shared_ram is not None and channel.sock is not None:
+                # The source stops its guest on this answer, and the stream
+                # after it is small: be ready to run the guest first (tcg's
+                # engine loads in the background at start-up, ~40 ms).
+                self.machine.wait_engine()
                 channel.send([SharedRamAccepted().encode()])  # (checked by _read_header)
             self._accept_multifd(header)
             self._preempt_channel = self._accept_preempt(header, self.listener)
