@@ -250,6 +250,34 @@ def test_shared_ram_identity_in_the_header() -> None:
             codec.read_header(codec.BufferedReader.over_bytes(bad))
 
 
+def test_cpr_state_round_trip_and_checks() -> None:
+    state = codec.CprState(("memory-backend:mem", "memory-backend:other"))
+    assert codec.read_cpr_state(codec.BufferedReader.over_bytes(state.encode()), 2) == state
+    with pytest.raises(StreamError, match="names 2 descriptors but 1 came"):
+        codec.read_cpr_state(codec.BufferedReader.over_bytes(state.encode()), 1)
+    twice = codec.CprState(("a", "a")).encode()
+    with pytest.raises(StreamError, match="distinct names"):
+        codec.read_cpr_state(codec.BufferedReader.over_bytes(twice), 2)
+    assert codec.read_return(codec.BufferedReader.over_bytes(codec.CprAccepted().encode()),
+                             LIMITS) == codec.CprAccepted()
+
+
+@settings(max_examples=300)
+@given(st.lists(st.text(min_size=1, max_size=20), max_size=4, unique=True), st.data())
+def test_mutated_cpr_states_decode_or_fail_cleanly(names: list[str],
+                                                   data: st.DataObject) -> None:
+    message = bytearray(codec.CprState(tuple(names)).encode())
+    for _ in range(data.draw(st.integers(0, 3))):
+        message[data.draw(st.integers(0, len(message) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(message)))
+    try:
+        got = codec.read_cpr_state(codec.BufferedReader.over_bytes(bytes(message[:cut])),
+                                   len(names))
+    except StreamError:
+        return
+    assert len(got.names) == len(names)
+
+
 def test_empty_discard_list_encodes() -> None:
     """Postcopy with nothing dirty at switchover (defect 12): no runs at all."""
     record = codec.Discard.from_runs(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))

@@ -195,3 +195,38 @@ def test_memory_backend_objects_check_their_properties() -> None:
     assert memfd("m", {"size": "64M"}).spec.share is True        # memfd: shared by default
     spec = file("f", {"size": 8192, "mem-path": "/x"}).spec
     assert (spec.share, spec.size, spec.mem_path) == (False, 8192, "/x")
+
+
+def test_migration_channels_read_as_uris() -> None:
+    """QEMU 8.2's MigrationChannel lists: each address becomes the URI that
+    says the same, so one parser reads both spellings."""
+    from livemig.errors import MigrationError
+    from livemig.migration.uri import channel_uri, parse_channels
+
+    def addr(**fields: object) -> dict[str, object]:
+        return {"channel-type": "main", "addr": fields}
+
+    assert channel_uri(addr(transport="socket", type="unix", path="/s")) == ("main", "unix:/s")
+    assert channel_uri(addr(transport="socket", type="inet", host="::1", port="7")) == \
+        ("main", "tcp:[::1]:7")
+    assert channel_uri(addr(transport="socket", type="fd", str="mig")) == ("main", "fd:mig")
+    assert channel_uri(addr(transport="exec", args=["cat", "a b"])) == \
+        ("main", "exec:cat 'a b'")
+    assert channel_uri(addr(transport="file", filename="/f", offset=4096)) == \
+        ("main", "file:/f,offset=4096")
+    main, cpr = parse_channels([addr(transport="file", filename="/f"),
+                                {"channel-type": "cpr", "addr": {
+                                    "transport": "socket", "type": "unix", "path": "/c"}}])
+    assert main == "file:/f" and cpr is not None and cpr.target == "/c"
+    for bad, words in (
+            ([], "no main entry"),
+            ([addr(transport="socket", type="unix")], "Parameter 'addr.path' is missing"),
+            ([addr(transport="socket", type="unix", path=3)], "expected: string"),
+            ([addr(transport="exec", args=[])], "non-empty list"),
+            ([addr(transport="file", filename="/f", offset=-1)], "uint64"),
+            ([addr(transport="rdma", host="h", port="1")], "RDMA"),
+            ([{"channel-type": "side", "addr": {}}], "'channel-type' does not accept"),
+            ([{"channel-type": "main", "addr": {}, "x": 1}], "'x' is unexpected"),
+            (["unix:/s"], "expected: object")):
+        with pytest.raises(MigrationError, match=words):
+            parse_channels(bad)

@@ -52,7 +52,8 @@ class SystemOptions:
         self.qmp: list[str] = []              # short chardev specs
         self.qtest: str | None = None
         self.qtest_log: str | None = None
-        self.incoming: str | None = None
+        self.incoming: str | None = None      # the main channel's URI, or defer
+        self.incoming_cpr: str | None = None  # cpr-transfer: the cpr channel's URI
         self.pidfile: str | None = None
         self.daemonize = False
         self.start_paused = False
@@ -106,7 +107,8 @@ def _accel_list(text: str, option: str) -> list[str]:
 def _machine(o: SystemOptions, text: str) -> None:
     opts = _opts(text, "type", "machine")
     _reject_unknown(opts, {"type", "accel", "kernel-irqchip", "usb", "graphics", "vmport",
-                           "dump-guest-core", "mem-merge", "memory-backend"}, "machine")
+                           "dump-guest-core", "mem-merge", "memory-backend",
+                           "aux-ram-share"}, "machine")
     mtype = opts.get("type")
     if mtype is not None and not mtype.startswith(MACHINE_TYPES):
         raise ConfigError(f"-machine {text}: unsupported machine type '{mtype}' "
@@ -115,6 +117,40 @@ def _machine(o: SystemOptions, text: str) -> None:
         o.machine_accel = _accel_list(opts["accel"], "machine")
     if "memory-backend" in opts:
         o.memory_backend = opts["memory-backend"]
+    if "aux-ram-share" in opts:
+        # QEMU 10 shares RAM outside memory backends (ROMs, video) for
+        # cpr-transfer; livemig has none, so the value is checked and unused.
+        parse_bool("aux-ram-share", opts["aux-ram-share"])
+
+
+def _incoming(o: SystemOptions, text: str) -> None:
+    """-incoming URI|defer, or QEMU 10's JSON MigrationChannel; given twice
+    for cpr-transfer: the main channel and the cpr channel."""
+    from ..errors import LivemigError
+    from ..migration.uri import channel_uri, cpr_uri
+
+    kind, uri = "main", text
+    if text.lstrip().startswith("{"):
+        import json
+        try:
+            kind, uri = channel_uri(json.loads(text))
+        except (ValueError, RecursionError) as err:
+            raise ConfigError(f"-incoming {text}: not a JSON object: {err}") from err
+        except LivemigError as err:
+            raise ConfigError(f"-incoming {text}: {err}") from err
+    if kind == "cpr":
+        if o.incoming_cpr is not None:
+            raise ConfigError("-incoming: only one cpr channel may be given")
+        try:
+            cpr_uri(uri)
+        except LivemigError as err:
+            raise ConfigError(f"-incoming {text}: {err}") from err
+        o.incoming_cpr = uri
+        return
+    if o.incoming is not None:
+        raise ConfigError("-incoming: only one main channel may be given (a second "
+                          "-incoming is for a cpr channel)")
+    o.incoming = uri
 
 
 def _accel(o: SystemOptions, text: str) -> None:
@@ -302,7 +338,7 @@ def _with_arg(o: SystemOptions, name: str, value: str) -> None:
     elif name == "qtest-log":
         o.qtest_log = value
     elif name == "incoming":
-        o.incoming = value
+        _incoming(o, value)
     elif name == "pidfile":
         o.pidfile = value
     elif name == "device":
@@ -346,7 +382,8 @@ A QEMU-compatible virtual machine monitor (one x86 vCPU, no BIOS: the first
   -accel NAME | -enable-kvm          choose the accelerator (default tcg)
   -accel kvm,dirty-ring-size=N       KVM dirty ring of N entries per vCPU (power of two)
   -m SIZE                            guest RAM (default 128M; suffixes K M G T)
-  -machine memory-backend=ID         guest RAM is that memory backend object:
+  -machine memory-backend=ID         guest RAM is that memory backend object
+           [,aux-ram-share=on|off]   (accepted: livemig has no other RAM to share):
   -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,prealloc=on]
   -object memory-backend-file,id=ID,size=SIZE,mem-path=PATH[,share=on|off]
   -smp 1                             one vCPU
@@ -359,6 +396,9 @@ A QEMU-compatible virtual machine monitor (one x86 vCPU, no BIOS: the first
   -qtest unix:PATH | chardev:ID      the qtest protocol (client mode, as QEMU)
   -qtest-log FILE                    log qtest traffic
   -incoming URI | defer              wait for an incoming migration
+  -incoming '{"channel-type": "cpr", "addr": {...}}'
+                                     cpr-transfer: first take guest RAM's descriptor
+                                     on that unix socket (with -incoming URI as well)
   -object tls-creds-x509|tls-creds-psk|authz-simple|authz-list,id=ID,…
   -device isa-debug-exit,iobase=0xf4,iosize=0x04
   -S  -nodefaults  -display none  -no-reboot  -mem-prealloc  -daemonize  -pidfile FILE

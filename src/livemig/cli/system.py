@@ -29,6 +29,8 @@ from .options import USAGE, SystemOptions, parse
 
 if TYPE_CHECKING:
     from ..memory.backing import BackendSpec
+    from ..migration.cpr import ReceivedCpr
+    from .options import DriveOption
 
 PROG = "livemig-system-x86_64"
 BOOT_SECTOR = 512
@@ -82,6 +84,16 @@ class System:
             except LivemigError as err:
                 raise ConfigError(f"-object {text}: {err}") from err
         backend = self._memory_backend()
+        self._cpr = self._receive_cpr(backend) if opts.incoming_cpr is not None else None
+        try:
+            self._build(opts, backend, serial, boot)
+        except BaseException:
+            if self._cpr is not None:
+                self._cpr.close()  # the source sees the channel close, and goes on
+            raise
+
+    def _build(self, opts: SystemOptions, backend: BackendSpec | None,
+               serial: chardevs.Chardev | None, boot: DriveOption | None) -> None:
         config = MachineConfig(
             ram_size=backend.size if backend is not None else opts.ram_size,
             ram_backend=backend,
@@ -117,6 +129,33 @@ class System:
         self._open_qtest()
 
     # --- construction helpers --------------------------------------------------
+    def _receive_cpr(self, backend: BackendSpec | None) -> ReceivedCpr:
+        """cpr-transfer: wait for the old process on the cpr channel and
+        take its guest RAM's descriptor for ``backend`` (migration/cpr.py)."""
+        if self.opts.incoming is None:
+            raise ConfigError("-incoming: a cpr channel needs a main channel too "
+                              "(-incoming URI)")
+        if backend is None or backend.anonymous:
+            raise ConfigError("cpr-transfer: guest RAM must be a memory-backend-memfd or "
+                              "memory-backend-file with share=on (-machine "
+                              "memory-backend=ID), with the source's id")
+        from ..migration.cpr import RAM_FD, receive_state
+        from ..migration.uri import parse_uri
+
+        # The source's guest runs on until this process is ready: load what
+        # it will need while the source has yet to connect.
+        threading.Thread(target=_preimport, args=(self.opts.accelerators,), daemon=True,
+                         name="cpr/warm-up").start()
+        received = receive_state(parse_uri(self.opts.incoming_cpr or ""))
+        fd = received.take(RAM_FD + backend.id)
+        if fd is None:
+            names = ", ".join(received.fds) or "nothing"
+            received.close()
+            raise ConfigError(f"cpr-transfer: the source handed over no memory for backend "
+                              f"'{backend.id}' (it sent {names})")
+        backend.inherited = fd
+        return received
+
     def _memory_backend(self) -> BackendSpec | None:
         """-machine memory-backend=ID: that object's settings; its size is
         the RAM size, and an -m that says otherwise is an error (QEMU's)."""
@@ -177,6 +216,14 @@ class System:
         self._servers.append((self._short_chardev(self.opts.qtest, "qtest"), server.attach))
 
     # --- running ------------------------------------------------------------------
+    def _answer_cpr(self, cpr: ReceivedCpr) -> None:
+        """cpr-transfer: the main channel listens and the engine is built, so
+        the source may now stop its guest and send the state: tell it."""
+        self.machine.wait_engine()
+        try:
+            cpr.accept()
+        except LivemigError as err:
+            self._incoming_failed(str(err))  # the source is gone: nothing will come
     def _incoming_failed(self, message: str) -> None:
         """QEMU ends the destination process when a load fails."""
         print(f"{PROG}: {message}", file=sys.stderr)
@@ -212,6 +259,8 @@ class System:
             self.machine.start(load_engine=False)
             self.migration.start_incoming()
             self.machine.load_engine()
+        if self._cpr is not None:
+            self._answer_cpr(self._cpr)
         stop = self.machine.shutdown_requested
         while not stop.wait(0.5):
             pass
@@ -222,10 +271,27 @@ class System:
         return self.machine.exit_code
 
     def close(self) -> None:
+        if self._cpr is not None:
+            self._cpr.close()
         self.migration.close()
         self.machine.close()
         for dev in self.chardevs.values():
             dev.close()
+
+
+def _preimport(accelerators: list[str]) -> None:
+    """Import the incoming job's modules and the tcg engine's (a cpr-transfer
+    destination's wait); a failure here shows again where they are used."""
+    import importlib
+
+    names = ["livemig.migration.incoming"]
+    if "tcg" in accelerators:
+        names.append("livemig.accel.tcg_unicorn")
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            log.debug("could not import %s ahead of time", name, exc_info=True)
 
 
 def _daemonize() -> None:

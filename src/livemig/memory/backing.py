@@ -46,6 +46,9 @@ class BackendSpec:
         self.share = share
         self.mem_path = mem_path
         self.prealloc = prealloc
+        # cpr-transfer: the descriptor the old process handed over, mapped
+        # instead of a new memfd or the mem-path (the RAM then owns it).
+        self.inherited: int | None = None
 
     @property
     def anonymous(self) -> bool:
@@ -55,7 +58,14 @@ class BackendSpec:
         """The descriptor to map, ``size`` bytes long; None for anonymous RAM."""
         if self.anonymous:
             return None
-        if self.kind == "memory-backend-memfd":
+        if self.inherited is not None:
+            fd, self.inherited = self.inherited, None
+            where = f"{self.kind} '{self.id}' (handed over on the cpr channel)"
+            if not self.share:
+                os.close(fd)
+                raise BootError(f"{where}: share=on is needed to map the old process's "
+                                "guest memory")
+        elif self.kind == "memory-backend-memfd":
             try:
                 fd = os.memfd_create(f"livemig:{self.id}", os.MFD_CLOEXEC)
             except OSError as err:

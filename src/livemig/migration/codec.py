@@ -46,6 +46,7 @@ RANGE = struct.Struct("<QQ")           # first page, page count (discard entries
 PACKED = struct.Struct("<BQII")        # tag, first page, page count, byte length
 DELTA = struct.Struct("<BQIII")        # tag, first page, page count, runs, data bytes
 HELLO = struct.Struct("<4sBB")         # magic, channel index, channel count
+CPR = struct.Struct("<4sHI")           # magic, version, JSON length
 
 # Stream records (source to destination).
 TAG_PAGES = 0x01
@@ -66,9 +67,13 @@ TAG_REQUEST = 0x41
 TAG_HAVE = 0x42
 TAG_DONE = 0x43
 TAG_SHARED_RAM_OK = 0x44
+TAG_CPR_OK = 0x45          # cpr channel: the descriptors are taken, the main channel may come
 
 CHANNEL_MAGIC = b"LVMC"   # begins a multifd channel (a main channel begins with MAGIC)
 PREEMPT_MAGIC = b"LVMP"   # begins the postcopy-preempt channel (requested pages)
+CPR_MAGIC = b"LVMR"       # begins the cpr channel (cpr-transfer: descriptors, by name)
+CPR_VERSION = 1
+MAX_CPR_FDS = 64
 MAX_DESCRIPTION = 1 << 20
 MAX_STATE = 16 << 20
 MAX_RUN_PAGES = 1 << 20
@@ -313,6 +318,42 @@ def read_preempt_hello(reader: Reader) -> None:
         raise StreamError(f"not a livemig postcopy-preempt channel (magic {magic!r})", offset)
 
 
+@dataclass(frozen=True)
+class CprState:
+    """All of the cpr channel's one message (cpr-transfer): what each
+    descriptor passed with it (SCM_RIGHTS, in this order) is, such as
+    ``memory-backend:mem0``, the guest RAM of the backend of that id."""
+
+    names: tuple[str, ...]
+
+    def encode(self) -> bytes:
+        body = encode_object({"fds": list(self.names)})
+        return CPR.pack(CPR_MAGIC, CPR_VERSION, len(body)) + body
+
+
+def read_cpr_state(reader: Reader, fds: int) -> CprState:
+    """The cpr message, checked against the ``fds`` descriptors that came with it."""
+    offset = reader.offset
+    magic, version, length = CPR.unpack(reader.read(CPR.size))
+    if magic != CPR_MAGIC:
+        raise StreamError(f"not a livemig cpr channel (magic {magic!r})", offset)
+    if version != CPR_VERSION:
+        raise StreamError(f"unsupported cpr state version {version} (expected "
+                          f"{CPR_VERSION})", offset)
+    if length > MAX_DESCRIPTION:
+        raise StreamError(f"cpr state of {length} bytes is too large", offset)
+    names = decode_object(reader.read(length), "cpr state", offset).get("fds")
+    if (not isinstance(names, list) or len(names) > MAX_CPR_FDS
+            or not all(isinstance(n, str) and 0 < len(n) <= 256 for n in names)
+            or len(set(names)) != len(names)):
+        raise StreamError("malformed cpr state: 'fds' must be a list of distinct names",
+                          offset)
+    if len(names) != fds:
+        raise StreamError(f"cpr state names {len(names)} descriptors but {fds} came "
+                          "with it", offset)
+    return CprState(tuple(names))
+
+
 # --- records ------------------------------------------------------------------------------
 
 
@@ -533,9 +574,17 @@ class SharedRamAccepted(_TagOnly):
     TAG: ClassVar[int] = TAG_SHARED_RAM_OK
 
 
+@dataclass(frozen=True)
+class CprAccepted(_TagOnly):
+    """cpr channel, destination to source: the descriptors are mapped and
+    the main channel listens; the source may connect to it."""
+
+    TAG: ClassVar[int] = TAG_CPR_OK
+
+
 StreamRecord = (PageRun | ZeroRun | Sync | State | End | PostcopyAdvise | Discard
                 | PostcopyRun | Resume | MultifdFlush | ChannelSync | CompressedRun | DeltaRun)
-ReturnRecord = PageRequest | PagesHeld | Done | SharedRamAccepted
+ReturnRecord = PageRequest | PagesHeld | Done | SharedRamAccepted | CprAccepted
 
 
 # --- decoding ----------------------------------------------------------------------------------
@@ -638,6 +687,7 @@ RETURN_DECODERS: dict[int, Callable[[Reader, Limits, int], Any]] = {
     TAG_HAVE: _have,
     TAG_DONE: _bare_decoder(Done),
     TAG_SHARED_RAM_OK: _bare_decoder(SharedRamAccepted),
+    TAG_CPR_OK: _bare_decoder(CprAccepted),
 }
 
 

@@ -110,11 +110,21 @@ class MigrationManager:
         if self.incoming is not None:
             self.incoming.start()
 
-    def migrate_incoming(self, uri: str) -> None:
+    def migrate_incoming(self, uri: str | None, channels: list[Any] | None = None) -> None:
+        if (uri is None) == (channels is None):
+            raise MigrationError("need either 'uri' or 'channels' argument")  # QEMU's words
+        if channels is not None:
+            from .uri import parse_channels
+            uri, cpr = parse_channels(channels)
+            if cpr is not None:
+                raise MigrationError("a cpr channel must be given with -incoming on the "
+                                     "command line: guest RAM is taken from it before the "
+                                     "machine is made")
         if not self.deferred:
             raise MigrationError("'-incoming' was not specified on the command line")
         if self.incoming is not None:
             raise MigrationError("The incoming migration has already been started")
+        assert uri is not None
         self.listen(uri)
 
     # --- outgoing ------------------------------------------------------------------
@@ -124,11 +134,23 @@ class MigrationManager:
         parsed = parse_uri(uri)
         return parsed, self.take_fd(parsed.target) if parsed.scheme == "fd" else None
 
-    def migrate(self, uri: str, resume: bool = False) -> None:
+    def migrate(self, uri: str | None, resume: bool = False,
+                channels: list[Any] | None = None) -> None:
+        """``migrate``: to ``uri``, or to QEMU 8.2's ``channels`` list (a main
+        channel, and for cpr-transfer a cpr channel)."""
+        if (uri is None) == (channels is None):
+            raise MigrationError("need either 'uri' or 'channels' argument")  # QEMU's words
+        cpr: Uri | None = None
+        if channels is not None:
+            from .uri import parse_channels
+            uri, cpr = parse_channels(channels)
+        assert uri is not None
         if resume:
             job = self.outgoing
             if job is None or job.status.status != S.POSTCOPY_PAUSED:
                 raise MigrationError("Cannot resume if there is no paused migration")
+            if cpr is not None:
+                raise MigrationError("a cpr channel has no place in a postcopy recovery")
             job.resume(*self._target(uri))
             return
         if self.machine.runstate == RunState.INMIGRATE:
@@ -140,6 +162,7 @@ class MigrationManager:
         from .tls import TlsConfig
 
         try:
+            self._check_mode(cpr)
             target, fd = self._target(uri)
             tls = TlsConfig.from_params(self.settings.params, self.objects, "client")
         except MigrationError as err:
@@ -149,9 +172,35 @@ class MigrationManager:
             job.refuse(str(err))  # query-migrate then says failed, as QEMU's does
             raise
         self.outgoing = OutgoingMigration(self.machine, self.settings, target, fd, self._emit,
-                                          self.take_fd, tls)
+                                          self.take_fd, tls, cpr)
         self.outgoing.times.start = asked
         self.outgoing.start()
+
+    def _check_mode(self, cpr: Uri | None) -> None:
+        """What the migration mode (normal, cpr-reboot, cpr-transfer) needs."""
+        mode, caps = self.settings.params["mode"], self.settings.caps
+        if mode != "cpr-transfer" and cpr is not None:
+            raise MigrationError("a cpr channel is for cpr-transfer: set the mode first "
+                                 "(migrate-set-parameters mode=cpr-transfer)")
+        if mode == "normal":
+            return
+        # Both CPR modes stop the guest before anything is saved.
+        stopping = ("postcopy-ram", "background-snapshot")
+        for cap in (*stopping, "mapped-ram") if mode == "cpr-transfer" else stopping:
+            if caps[cap]:
+                raise MigrationError(f"{mode} is not compatible with {cap}: the guest is "
+                                     "stopped first and its memory "
+                                     + ("handed over" if mode == "cpr-transfer" else "saved")
+                                     + " at once")
+        if mode != "cpr-transfer":
+            return
+        if cpr is None:
+            raise MigrationError("missing 'cpr' migration channel")  # QEMU 10's words
+        ram = self.machine.ram
+        if not ram.shared or ram.backing is None:
+            raise MigrationError("Memory region pc.ram is not compatible with CPR: guest "
+                                 "RAM must be a memory-backend-memfd or memory-backend-file "
+                                 "with share=on (-machine memory-backend=ID)")
 
     def _wait_for_cleanup(self) -> None:
         """A job's status turns final before its thread has released the

@@ -87,19 +87,25 @@ def describe_failure(err: BaseException, channel: Channel | None) -> str:
 class OutgoingMigration:
     def __init__(self, machine: Machine, settings: Settings, uri: Uri | None, fd: int | None,
                  emit: EventSink, take_fd: Callable[[str], int],
-                 tls: TlsConfig | None = None) -> None:
+                 tls: TlsConfig | None = None, cpr: Uri | None = None) -> None:
         self.machine = machine
         self.settings = settings
         self.uri = uri
+        self.cpr = cpr  # cpr-transfer: the channel that guest RAM's descriptor goes on
+        # cpr-reboot and cpr-transfer stop the guest before anything is
+        # saved: no live pass, no dirty tracking worth the name (QEMU's CPR).
+        self.stop_first = settings.params["mode"] != "normal"
         self._fd = fd
         self._emit = emit
         self._take_fd = take_fd
         self.tls = tls
         self.status = StatusMachine("source", SOURCE_TRANSITIONS, self._announce)
         self.error: str | None = None
-        # x-ignore-shared on shared RAM: the destination maps these very
-        # pages, so none is sent and none counts in ram.total (as QEMU).
-        self.ram_shared = settings.caps["x-ignore-shared"] and machine.ram.shared
+        # x-ignore-shared on shared RAM (implied by cpr-transfer): the
+        # destination maps these very pages, so none is sent and none counts
+        # in ram.total (as QEMU).
+        self.ram_shared = ((settings.caps["x-ignore-shared"] or cpr is not None)
+                           and machine.ram.shared)
         self.stats = RamStats(total=0 if self.ram_shared else machine.ram.size)
         self.times = JobTimes()
         self.limiter = RateLimiter(settings.params["max-bandwidth"])
@@ -247,6 +253,16 @@ class OutgoingMigration:
             raise MigrationError(f"x-ignore-shared: the destination answered "
                                  f"{type(answer).__name__}, not SharedRamAccepted")
 
+    def _hand_over_ram(self, cpr: Uri) -> None:
+        """cpr-transfer: give the new process guest RAM's descriptor on the
+        cpr channel, and wait until it listens on the main one (cpr.py)."""
+        from .cpr import RAM_FD, send_state
+
+        backing = self.machine.ram.backing
+        spec = self.machine.config.ram_backend
+        assert backing is not None and spec is not None  # the manager checked
+        send_state(cpr, {RAM_FD + spec.id: backing.fd}, self._check_cancel)
+
     def _wants_preempt(self) -> bool:
         caps = self.settings.caps
         return caps["postcopy-ram"] and caps["postcopy-preempt"]
@@ -268,6 +284,8 @@ class OutgoingMigration:
             if self.settings.caps["mapped-ram"] and self.uri.scheme != "file":
                 raise MigrationError("mapped-ram needs a file: URI (every page has its "
                                      "place in the file)")
+            if self.cpr is not None:
+                self._hand_over_ram(self.cpr)
             self._channel = connect(self.uri, self._fd, tls=self.tls)
             self._check_cancel()
             postcopy = self.settings.caps["postcopy-ram"]
@@ -301,7 +319,11 @@ class OutgoingMigration:
             if not self.status.transition(S.SETUP, S.ACTIVE):
                 raise Cancelled()
             try:
-                pending = self._precopy(tracker)
+                if self.stop_first:
+                    pages = self.machine.ram.pages
+                    pending = (np.zeros if self.ram_shared else np.ones)(pages, dtype=bool)
+                else:
+                    pending = self._precopy(tracker)
                 self._complete(tracker, pending)
             except SwitchToPostcopy as switch:
                 self._postcopy(tracker, switch.args[0])
@@ -603,9 +625,12 @@ class OutgoingMigration:
         stopped_at = time.monotonic()  # the pause below counts as downtime, as QEMU's
         if self.settings.caps["pause-before-switchover"]:
             self._pause_before_switchover()
-        dirty = pending | tracker.sync()
-        self._synced()
-        self._send_pages(dirty, None)
+        if self.ram_shared:
+            self._synced()  # no page to send, nor to look for: the destination maps RAM
+        else:
+            dirty = pending | tracker.sync()
+            self._synced()
+            self._send_pages(dirty, None)
         self._barrier("downtime", last=True)
         if self.mapped is not None:
             self._count(self.mapped.finish(), "downtime")

@@ -19,6 +19,10 @@ from ..memory import PAGE_SIZE
 MiB = 1 << 20
 
 MULTIFD_COMPRESSION = ("none", "zlib", "zstd")
+# QEMU 8.2's and 10.0's migration modes (MigMode): cpr-reboot stops the
+# guest before anything is saved; cpr-transfer also hands guest RAM's
+# descriptor to a new process on the same host (migration/cpr.py).
+MODES = ("normal", "cpr-reboot", "cpr-transfer")
 
 # name: (QAPI schema type, default)
 PARAMETERS: dict[str, tuple[Any, Any]] = {
@@ -52,6 +56,7 @@ PARAMETERS: dict[str, tuple[Any, Any]] = {
     # migration, and the quota (MB/s) the migration sets on every vCPU.
     "x-vcpu-dirty-limit-period": ("uint64", 1000),
     "vcpu-dirty-limit": ("uint64", 1),
+    "mode": (MODES, "normal"),
     # livemig's own (docs/convergence.md): the convergence policy, and the
     # deadline policy's total time in ms (0: none).
     "livemig-convergence-policy": ("str", "qemu"),

@@ -17,13 +17,14 @@ def _manager(ctx: QmpContext) -> MigrationManager:
     return ctx.migration
 
 
-@command("migrate", {"uri": "str", "*blk": "bool", "*inc": "bool", "*detach": "bool",
-                     "*resume": "bool"})
-def migrate(ctx: QmpContext, uri: str, blk: bool = False, inc: bool = False,
-            detach: bool = False, resume: bool = False) -> None:
+@command("migrate", {"*uri": "str", "*channels": ["any"], "*blk": "bool", "*inc": "bool",
+                     "*detach": "bool", "*resume": "bool"})
+def migrate(ctx: QmpContext, uri: str | None = None, channels: list[Any] | None = None,
+            blk: bool = False, inc: bool = False, detach: bool = False,
+            resume: bool = False) -> None:
     if blk or inc:
         raise QmpError("Block migration is not supported by livemig")
-    _manager(ctx).migrate(uri, resume=resume)
+    _manager(ctx).migrate(uri, resume=resume, channels=channels)
 
 
 @command("migrate_cancel")
@@ -51,9 +52,10 @@ def migrate_recover(ctx: QmpContext, uri: str) -> None:
     _manager(ctx).recover(uri)
 
 
-@command("migrate-incoming", {"uri": "str"})
-def migrate_incoming(ctx: QmpContext, uri: str) -> None:
-    _manager(ctx).migrate_incoming(uri)
+@command("migrate-incoming", {"*uri": "str", "*channels": ["any"]})
+def migrate_incoming(ctx: QmpContext, uri: str | None = None,
+                     channels: list[Any] | None = None) -> None:
+    _manager(ctx).migrate_incoming(uri, channels)
 
 
 @command("query-migrate")
