@@ -31,7 +31,7 @@ from common import accelerators, arguments, compare, console, kinds, report
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from livemig.guest import AB_START
-from livemig.lab import Vm, VmLauncher, VmmKind, wait_until
+from livemig.lab import LabError, Vm, VmLauncher, VmmKind, wait_until
 from livemig.lab.checks import check_ab_ram
 
 
@@ -96,6 +96,19 @@ def _cpr_transfer(lab: VmLauncher, kind: VmmKind, ram: str) -> tuple[Vm, Vm]:
     return src, dst
 
 
+class MissedResume(Exception):
+    """The new process ran the guest before this client could hear it."""
+
+
+def sample_retrying(kind: VmmKind, ram: str, mode: str, tries: int = 5) -> dict[str, float]:
+    for _ in range(tries - 1):
+        try:
+            return upgrade(kind, ram, mode)
+        except MissedResume:
+            console.print(f"{kind.label}: RESUME came before the monitor was ready; again")
+    return upgrade(kind, ram, mode)
+
+
 def _stamp(event: dict[str, Any]) -> float:
     return event["timestamp"]["seconds"] + event["timestamp"]["microseconds"] / 1e6
 
@@ -122,8 +135,14 @@ def upgrade(kind: VmmKind, ram: str, mode: str) -> dict[str, float]:
         # What the guest sees: from the old process's STOP to the new one's
         # RESUME (QMP event timestamps, one host clock). query-migrate's
         # downtime ends when the source has sent the state.
-        pause = _stamp(dst.wait_event("RESUME", timeout=10)) - _stamp(
-            src.wait_event("STOP", timeout=10))
+        try:
+            resumed = dst.wait_event("RESUME", timeout=5)
+        except LabError as err:
+            # cpr-transfer: the new process's monitor comes up a moment
+            # before it may run the guest (under kvm, well under a ms), and
+            # an event before the client's negotiation is not sent to it.
+            raise MissedResume(str(err)) from err
+        pause = _stamp(resumed) - _stamp(src.wait_event("STOP", timeout=10))
         src.quit()
         _running(dst)
         dst.cmd("stop")
@@ -153,7 +172,7 @@ def main() -> None:
                 def sample(kind: VmmKind, ram: str = ram, mode: str = mode,
                            qemu_cpr: bool = qemu_cpr) -> dict[str, float]:
                     fallback = kind.is_qemu and mode == "cpr-transfer" and not qemu_cpr
-                    return upgrade(kind, ram, "ignore-shared" if fallback else mode)
+                    return sample_retrying(kind, ram, "ignore-shared" if fallback else mode)
                 ours, theirs = compare(args.runs, accel, sample)
                 title = f"local upgrade, {mode}, {ram} guest, {accel}"
                 if mode == "cpr-transfer" and qemu is not None and not qemu_cpr:
