@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..guest import AB_START
+from ..hmp_views import migrate_rows
 from .checks import check_ab_ram
 from .vmm import LIVEMIG_BINARY, LabError, Vm, VmLauncher, VmmKind, find_binary, wait_until
 
@@ -37,33 +38,13 @@ class DemoOptions:
 
 
 def info_migrate(info: dict[str, Any]) -> Table:
-    """query-migrate laid out as QEMU's HMP ``info migrate`` lays it out."""
-    ram = info.get("ram", {})
+    """query-migrate laid out as QEMU's HMP ``info migrate`` lays it out
+    (the rows of livemig.hmp_views, which human-monitor-command prints too)."""
     table = Table(title="info migrate", show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column(justify="right")
-    rows = [
-        ("Migration status", info.get("status", "none")),
-        ("total time", f"{info.get('total-time', 0)} ms"),
-        ("downtime", f"{info.get('downtime', 0)} ms"),
-        ("setup", f"{info.get('setup-time', 0)} ms"),
-        ("transferred ram", f"{ram.get('transferred', 0) // 1024} kbytes"),
-        ("throughput", f"{ram.get('mbps', 0):.2f} mbps"),
-        ("remaining ram", f"{ram.get('remaining', 0) // 1024} kbytes"),
-        ("total ram", f"{ram.get('total', 0) // 1024} kbytes"),
-        ("duplicate", f"{ram.get('duplicate', 0)} pages"),
-        ("normal", f"{ram.get('normal', 0)} pages"),
-        ("normal bytes", f"{ram.get('normal-bytes', 0) // 1024} kbytes"),
-        ("dirty sync count", str(ram.get("dirty-sync-count", 0))),
-        ("page size", f"{ram.get('page-size', 4096) // 1024} kbytes"),
-        ("precopy ram", f"{ram.get('precopy-bytes', 0) // 1024} kbytes"),
-        ("downtime ram", f"{ram.get('downtime-bytes', 0) // 1024} kbytes"),
-    ]
-    if ram.get("postcopy-bytes"):
-        rows += [("postcopy request count", str(ram.get("postcopy-requests", 0))),
-                 ("postcopy ram", f"{ram.get('postcopy-bytes', 0) // 1024} kbytes")]
-    for key, value in rows:
-        table.add_row(key, str(value))
+    for key, value in migrate_rows(info):
+        table.add_row(key, value)
     return table
 
 
