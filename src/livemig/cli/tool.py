@@ -37,7 +37,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     return migration_demo(DemoOptions(accel=args.accel, ram=args.ram, bandwidth=args.bandwidth,
                                       downtime_ms=args.downtime, transport=args.transport,
-                                      postcopy=args.postcopy))
+                                      postcopy=args.postcopy, timeout_s=args.timeout))
+
+
+def _bandwidth(text: str) -> int:
+    """--bandwidth: bytes/s in QEMU's size syntax (10M, 1G) or a plain or
+    scientific number (1000000, 1e9)."""
+    from ..errors import LivemigError
+    from ..sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except LivemigError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 2**64:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a bandwidth: bytes per second, e.g. 1e9, 100M or 1G")
+    return int(value)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -77,14 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--accel", default="tcg", choices=["tcg", "kvm"],
                       help="accelerator for both VMs (default tcg, as QEMU's default)")
     demo.add_argument("--ram", default="150M", help="guest RAM, QEMU syntax (default 150M)")
-    demo.add_argument("--bandwidth", type=int, default=1_000_000_000,
-                      help="max-bandwidth in bytes/s (default 1e9)")
+    demo.add_argument("--bandwidth", type=_bandwidth, default=1_000_000_000,
+                      help="max-bandwidth in bytes/s, QEMU's size syntax or a number "
+                           "(10M, 1G, 1e9; default 1e9)")
     demo.add_argument("--downtime", type=int, default=300,
                       help="downtime-limit in ms (default 300, QEMU's default)")
     demo.add_argument("--transport", default="unix", choices=["unix", "tcp"],
                       help="migration channel (default unix)")
     demo.add_argument("--postcopy", action="store_true",
                       help="switch to postcopy after the first precopy pass")
+    demo.add_argument("--timeout", type=float, default=300.0,
+                      help="give up (cancel the migration) after this many seconds "
+                           "(default 300)")
     demo.set_defaults(func=_cmd_demo)
 
     analyze = sub.add_parser(

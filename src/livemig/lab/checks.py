@@ -27,7 +27,9 @@ class RamCheck:
 
     def describe(self) -> str:
         if self.ok:
-            return f"{self.pages} pages consistent ({self.edges} edge)"
+            where = ("one counter step, where the walk was" if self.edges
+                     else "no counter step: a walk had just ended")
+            return f"{self.pages} pages consistent: {where}"
         return (f"inconsistent: {len(self.bad_pages)} bad steps (first pages "
                 f"{self.bad_pages[:5]}), {self.edges} edges")
 

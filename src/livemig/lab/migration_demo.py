@@ -10,6 +10,8 @@ and shown to keep running.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ class DemoOptions:
     downtime_ms: int = 300              # QEMU's downtime-limit
     transport: str = "unix"             # unix | tcp
     postcopy: bool = False              # switch to postcopy after the first pass
+    timeout_s: float = 300.0            # cancel the migration after this long
 
 
 def info_migrate(info: dict[str, Any]) -> Table:
@@ -62,39 +65,62 @@ def _source_uri(dst: Vm, transport: str, incoming: str) -> str:
     return f"tcp:127.0.0.1:{address[0]['port']}"
 
 
-# A migration still under way this long after sending all RAM three times
-# over at max-bandwidth is stuck: the demo says so rather than wait for ever.
-WATCH_SLACK_S = 120.0
+class DemoInterrupted(Exception):
+    """Ctrl-C, a hang-up or SIGTERM: the demo stops its VMs and removes its
+    lab folder on the way out (finally), then says so in one line."""
 
 
-def _watch(src: Vm, console: Console, bandwidth: int) -> dict[str, Any]:
-    """A progress bar fed by query-migrate until the job ends (LabError if it
-    is stuck: see WATCH_SLACK_S)."""
+def _interrupt(signum: int, _frame: object) -> None:
+    raise DemoInterrupted(signal.Signals(signum).name)
+
+
+def _convergence_hint(ram: dict[str, Any], options: DemoOptions) -> str | None:
+    """A line saying why the migration may never end, once the guest is
+    seen dirtying RAM about as fast as the link moves it (query-migrate
+    samples the dirty rate each second of a pass)."""
+    dirty = ram.get("dirty-pages-rate", 0) * ram.get("page-size", 4096)
+    moved = ram.get("mbps", 0) * 1e6 / 8
+    if not dirty or not moved or dirty < 0.8 * moved:
+        return None
+    return (f"[yellow]not converging: the guest dirties {dirty / 1e6:.0f} MB/s and the "
+            f"link moves {moved / 1e6:.0f} MB/s (--bandwidth: {options.bandwidth / 1e6:.1f} MB/s); "
+            f"--postcopy, a larger --bandwidth or --downtime would end it[/yellow]")
+
+
+def _watch(src: Vm, console: Console, options: DemoOptions) -> dict[str, Any]:
+    """A progress bar fed by query-migrate until the job ends. After
+    ``timeout_s`` the migration is cancelled and LabError raised."""
     started = time.monotonic()
-    columns = (TextColumn("[bold]{task.fields[status]:>9}"), BarColumn(),
-               TextColumn("{task.fields[moved]:>8} moved, {task.fields[left]:>8} left"),
+    columns = (TextColumn("[bold]{task.fields[status]:>9}"), BarColumn(bar_width=12),
+               TextColumn("{task.fields[moved]:>5}/{task.fields[left]:<5}MiB"),
                TextColumn("pass {task.fields[sync]}"),
                TextColumn("dirty {task.fields[rate]}/s"),
-               TextColumn("{task.fields[mbps]} Mb/s"), TimeElapsedColumn())
+               TextColumn("{task.fields[mbps]:>5} Mb/s"), TimeElapsedColumn())
+    hinted = False
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("migrate", total=1.0, status="setup", moved="0", left="?",
-                                 sync=0, rate="0", mbps="0")
+                                 sync=0, rate="0p", mbps="0")
         while True:
             info = src.cmd("query-migrate")
             ram = info.get("ram", {})
             moved, left = ram.get("transferred", 0), ram.get("remaining", 0)
             done = moved / (moved + left) if moved + left else 0.0
             progress.update(task, completed=done if info["status"] != "completed" else 1.0,
-                            status=info["status"], moved=f"{moved / MiB:.0f} MiB",
-                            left=f"{left / MiB:.0f} MiB", sync=ram.get("dirty-sync-count", 0),
+                            status=info["status"], moved=f"{moved / MiB:.0f}",
+                            left=f"{left / MiB:.0f}", sync=ram.get("dirty-sync-count", 0),
                             rate=f"{ram.get('dirty-pages-rate', 0)}p",
                             mbps=f"{ram.get('mbps', 0):.0f}")
             if info["status"] in ("completed", "failed", "cancelled"):
                 return info
-            timeout = WATCH_SLACK_S + 3 * ram.get("total", 0) / max(bandwidth, 1)
-            if time.monotonic() - started > timeout:
-                raise LabError(f"the migration is still {info['status']} after {timeout:.0f} s"
-                               + (f": {info['error-desc']}" if info.get("error-desc") else ""))
+            hint = None if hinted else _convergence_hint(ram, options)
+            if hint is not None:
+                progress.console.print(hint)
+                hinted = True
+            if time.monotonic() - started > options.timeout_s:
+                src.cmd("migrate_cancel")
+                raise LabError(f"gave up after --timeout {options.timeout_s:g} s with the "
+                               f"migration {info['status']} (cancelled; the guest runs on "
+                               "at the source)")
             time.sleep(0.05)
 
 
@@ -106,6 +132,7 @@ def migration_demo(options: DemoOptions, console: Console | None = None,
         console.print(f"[red]{LIVEMIG_BINARY} is not installed[/red]")
         return 1
     kind = VmmKind(f"livemig-{options.accel}", binary, options.accel)
+    handlers = _catch_signals()
     lab = VmLauncher(workdir)
     try:
         incoming = _incoming_uri(lab, options.transport)
@@ -130,7 +157,7 @@ def migration_demo(options: DemoOptions, console: Console | None = None,
         src.cmd("migrate", uri=_source_uri(dst, options.transport, incoming))
         if options.postcopy:
             src.cmd("migrate-start-postcopy")  # takes effect after the first pass
-        info = _watch(src, console, options.bandwidth)
+        info = _watch(src, console, options)
         console.print(info_migrate(info))
         if info["status"] != "completed":
             console.print(f"[red]migration {info['status']}: {info.get('error-desc', '')}[/red]")
@@ -139,8 +166,8 @@ def migration_demo(options: DemoOptions, console: Console | None = None,
             dinfo = wait_until(lambda: (i := dst.cmd("query-migrate"))["status"] ==
                                "completed" and i, 60, "the destination to complete")
             latency = dinfo.get("livemig-fault-latency", {})
-            console.print(f"destination: postcopy-blocktime {dinfo.get('postcopy-blocktime')} "
-                          f"ms, {latency.get('count', 0)} page faults, latency mean "
+            console.print(f"postcopy: blocked {dinfo.get('postcopy-blocktime')} ms, "
+                          f"{latency.get('count', 0)} faults, mean "
                           f"{latency.get('mean-us', 0)} us, p99 {latency.get('p99-us', 0)} us")
         dst.wait_event("RESUME", timeout=60)
         console.print(f"source is now [cyan]{src.status()}[/cyan], destination "
@@ -153,7 +180,7 @@ def migration_demo(options: DemoOptions, console: Console | None = None,
         dst.cmd("stop")
         result = check_ab_ram(dst)
         colour = "green" if result.ok else "red"
-        console.print(f"destination RAM check: [{colour}]{result.describe()}[/{colour}]")
+        console.print(f"RAM check: [{colour}]{result.describe()}[/{colour}]")
         byte = dst.pmem(AB_START, 1)
         dst.cmd("cont")
         wait_until(lambda: dst.pmem(AB_START, 1) != byte, 60, "the guest to run on")
@@ -164,5 +191,21 @@ def migration_demo(options: DemoOptions, console: Console | None = None,
     except LabError as err:
         console.print(f"[red]demo failed: {err}[/red]")
         return 1
+    except (KeyboardInterrupt, DemoInterrupted) as err:
+        why = "Ctrl-C" if isinstance(err, KeyboardInterrupt) else str(err)
+        console.print(f"[yellow]demo interrupted ({why}): its VMs are stopped and its "
+                      "lab folder removed[/yellow]")
+        return 130
     finally:
         lab.close()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _catch_signals() -> dict[int, Any]:
+    """SIGTERM and SIGHUP (a closed terminal) end the demo as Ctrl-C does,
+    through the cleanup; returns the handlers to put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, _interrupt)
+            for signum in (signal.SIGTERM, signal.SIGHUP)}
