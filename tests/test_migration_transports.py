@@ -177,3 +177,20 @@ def test_capability_and_parameter_errors(vmm_any_accel: VmmKind, lab: VmLauncher
     caps = {c["capability"]: c["state"] for c in vm.cmd("query-migrate-capabilities")}
     assert caps["events"] is False and "postcopy-ram" in caps
     assert vm.cmd("query-migrate") == {}
+
+
+def test_no_second_migration_from_postmigrate(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
+    """A guest that moved away is not migrated again until `cont` (QEMU's
+    rule and words); the refusal leaves the status as it was."""
+    vm = lab.start(vmm_any_accel, "vm")
+    vm.cmd("migrate-set-parameters", **{"max-bandwidth": 100_000_000_000})
+    vm.cmd("migrate", uri="exec:cat > /dev/null")
+    wait_until(lambda: vm.cmd("query-migrate").get("status") == "completed", 60, "the save")
+    assert vm.status() == "postmigrate"
+    answer = vm.raw("migrate", {"uri": "exec:cat > /dev/null"})
+    assert answer["error"]["desc"] == ("Can't migrate the vm that was paused due to "
+                                       "previous migration")
+    assert vm.cmd("query-migrate")["status"] == "completed"
+    vm.cmd("cont")
+    vm.cmd("migrate", uri="exec:cat > /dev/null")
+    wait_until(lambda: vm.cmd("query-migrate").get("status") == "completed", 60, "again")

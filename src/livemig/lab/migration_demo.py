@@ -156,7 +156,7 @@ def migration_demo(options: DemoOptions, console: Console | None = None,
                                              "downtime-limit": options.downtime_ms})
         src.cmd("migrate", uri=_source_uri(dst, options.transport, incoming))
         if options.postcopy:
-            src.cmd("migrate-start-postcopy")  # takes effect after the first pass
+            src.cmd("migrate-start-postcopy")  # switches at once, as QEMU does
         info = _watch(src, console, options)
         console.print(info_migrate(info))
         if info["status"] != "completed":

@@ -155,6 +155,11 @@ class MigrationManager:
             return
         if self.machine.runstate == RunState.INMIGRATE:
             raise MigrationError("Guest is waiting for an incoming migration")
+        if self.machine.runstate == RunState.POSTMIGRATE:
+            # QEMU's rule and words: this guest lives on elsewhere now; a
+            # second copy needs a deliberate `cont` first.
+            raise MigrationError("Can't migrate the vm that was paused due to previous "
+                                 "migration")
         self._refuse_if_busy()
         self._wait_for_cleanup()
         asked = time.monotonic()  # total-time counts from here, as QEMU's does,
