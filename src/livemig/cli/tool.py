@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..guest import GUESTS, write_image
 
@@ -37,7 +38,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     return migration_demo(DemoOptions(accel=args.accel, ram=args.ram, bandwidth=args.bandwidth,
                                       downtime_ms=args.downtime, transport=args.transport,
-                                      postcopy=args.postcopy, timeout_s=args.timeout))
+                                      postcopy=args.postcopy, timeout_s=args.timeout,
+                                      json_path=args.json, png_path=args.png))
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ..lab.report import draw
+    from ..lab.timeline import read_results
+    from ..lab.vmm import LabError
+
+    try:
+        draw(read_results(args.results), args.png)
+    except LabError as err:
+        print(f"livemig report: {err}", file=sys.stderr)
+        return 1
+    print(f"drawn in {args.png}")
+    return 0
 
 
 def _bandwidth(text: str) -> int:
@@ -109,7 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=300.0,
                       help="give up (cancel the migration) after this many seconds "
                            "(default 300)")
+    demo.add_argument("--json", type=Path, metavar="FILE",
+                      help="save the run: query-migrate over time and the result")
+    demo.add_argument("--png", type=Path, metavar="FILE",
+                      help="draw the run (as 'livemig report' does)")
     demo.set_defaults(func=_cmd_demo)
+
+    report = sub.add_parser(
+        "report", help="draw a saved run (livemig demo --json) as a PNG",
+        description="Draw a results file: remaining RAM and throughput over time with the "
+                    "passes marked, the guest's pause, status changes, and the headline "
+                    "figures, one column per run.")
+    report.add_argument("results", type=Path, help="the JSON file (livemig demo --json)")
+    report.add_argument("--png", type=Path, required=True, metavar="FILE",
+                        help="the picture to write")
+    report.set_defaults(func=_cmd_report)
 
     analyze = sub.add_parser(
         "analyze-migration", help="describe a saved migration stream",

@@ -24,6 +24,7 @@ from rich.table import Table
 from ..guest import AB_START
 from ..hmp_views import migrate_rows
 from .checks import check_ab_ram
+from .timeline import FORMAT, Timeline, run_record, write_results
 from .vmm import LIVEMIG_BINARY, LabError, Vm, VmLauncher, VmmKind, find_binary, wait_until
 
 MiB = 1 << 20
@@ -38,6 +39,8 @@ class DemoOptions:
     transport: str = "unix"             # unix | tcp
     postcopy: bool = False              # switch to postcopy after the first pass
     timeout_s: float = 300.0            # cancel the migration after this long
+    json_path: Path | None = None       # save the run (lab/timeline.py's format)
+    png_path: Path | None = None        # and draw it (lab/report.py)
 
 
 def info_migrate(info: dict[str, Any]) -> Table:
@@ -87,9 +90,11 @@ def _convergence_hint(ram: dict[str, Any], options: DemoOptions) -> str | None:
             f"--postcopy, a larger --bandwidth or --downtime would end it[/yellow]")
 
 
-def _watch(src: Vm, console: Console, options: DemoOptions) -> dict[str, Any]:
-    """A progress bar fed by query-migrate until the job ends. After
-    ``timeout_s`` the migration is cancelled and LabError raised."""
+def _watch(src: Vm, console: Console, options: DemoOptions,
+           timeline: Timeline) -> dict[str, Any]:
+    """A progress bar fed by query-migrate until the job ends, each answer
+    kept in ``timeline``. After ``timeout_s`` the migration is cancelled and
+    LabError raised."""
     started = time.monotonic()
     columns = (TextColumn("[bold]{task.fields[status]:>9}"), BarColumn(bar_width=12),
                TextColumn("{task.fields[moved]:>5}/{task.fields[left]:<5}MiB"),
@@ -102,6 +107,7 @@ def _watch(src: Vm, console: Console, options: DemoOptions) -> dict[str, Any]:
                                  sync=0, rate="0p", mbps="0")
         while True:
             info = src.cmd("query-migrate")
+            timeline.sample(info)
             ram = info.get("ram", {})
             moved, left = ram.get("transferred", 0), ram.get("remaining", 0)
             done = moved / (moved + left) if moved + left else 0.0
@@ -121,7 +127,8 @@ def _watch(src: Vm, console: Console, options: DemoOptions) -> dict[str, Any]:
                 raise LabError(f"gave up after --timeout {options.timeout_s:g} s with the "
                                f"migration {info['status']} (cancelled; the guest runs on "
                                "at the source)")
-            time.sleep(0.05)
+            # Finer when the run is kept: a timeline wants points.
+            time.sleep(0.01 if options.json_path or options.png_path else 0.05)
 
 
 def migration_demo(options: DemoOptions, console: Console | None = None,
@@ -154,10 +161,11 @@ def migration_demo(options: DemoOptions, console: Console | None = None,
         src.cmd("migrate-set-capabilities", capabilities=caps)
         src.cmd("migrate-set-parameters", **{"max-bandwidth": options.bandwidth,
                                              "downtime-limit": options.downtime_ms})
+        timeline = Timeline()
         src.cmd("migrate", uri=_source_uri(dst, options.transport, incoming))
         if options.postcopy:
             src.cmd("migrate-start-postcopy")  # switches at once, as QEMU does
-        info = _watch(src, console, options)
+        info = _watch(src, console, options, timeline)
         console.print(info_migrate(info))
         if info["status"] != "completed":
             console.print(f"[red]migration {info['status']}: {info.get('error-desc', '')}[/red]")
@@ -169,7 +177,10 @@ def migration_demo(options: DemoOptions, console: Console | None = None,
             console.print(f"postcopy: blocked {dinfo.get('postcopy-blocktime')} ms, "
                           f"{latency.get('count', 0)} faults, mean "
                           f"{latency.get('mean-us', 0)} us, p99 {latency.get('p99-us', 0)} us")
-        dst.wait_event("RESUME", timeout=60)
+        resumed = dst.wait_event("RESUME", timeout=60)
+        pause = (timeline.since_start(src.wait_event("STOP", timeout=10)),
+                 timeline.since_start(resumed))
+        _save_run(options, console, kind, timeline, info, pause)
         console.print(f"source is now [cyan]{src.status()}[/cyan], destination "
                       f"[cyan]{dst.status()}[/cyan]")
         before = len(dst.serial())
@@ -200,6 +211,27 @@ def migration_demo(options: DemoOptions, console: Console | None = None,
         lab.close()
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+
+
+def _save_run(options: DemoOptions, console: Console, kind: VmmKind, timeline: Timeline,
+              info: dict[str, Any], pause: tuple[float, float]) -> None:
+    """--json and --png: the run as data, and drawn (livemig report draws
+    the same from the JSON later)."""
+    if options.json_path is None and options.png_path is None:
+        return
+    settings = {"accel": options.accel, "ram": options.ram, "bandwidth": options.bandwidth,
+                "downtime-limit": options.downtime_ms, "transport": options.transport,
+                "postcopy": options.postcopy}
+    results = {"format": FORMAT, "scenario": "demo", "options": settings,
+               "runs": [run_record("livemig", kind.binary, options.accel, timeline, info,
+                                   pause)]}
+    if options.json_path is not None:
+        write_results(options.json_path, "demo", settings, results["runs"])
+        console.print(f"run saved to {options.json_path}")
+    if options.png_path is not None:
+        from .report import draw
+        draw(results, options.png_path)
+        console.print(f"run drawn in {options.png_path}")
 
 
 def _catch_signals() -> dict[int, Any]:
