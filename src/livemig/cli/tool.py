@@ -42,6 +42,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                                       json_path=args.json, png_path=args.png))
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ..lab.bench import bench
+    from ..lab.vmm import LabError
+
+    try:
+        return bench(args.scenario, args.vmm or ["livemig"], accel=args.accel, runs=args.runs,
+                     ram=args.ram, bandwidth=args.bandwidth, downtime=args.downtime,
+                     timeout=args.timeout, json_path=args.json)
+    except LabError as err:
+        print(f"livemig bench: {err}", file=sys.stderr)
+        return 1
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from ..lab.report import draw
     from ..lab.timeline import read_results
@@ -130,6 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--png", type=Path, metavar="FILE",
                       help="draw the run (as 'livemig report' does)")
     demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser(
+        "bench", help="run one migration scenario on several VMMs in turn and compare",
+        description="Run SCENARIO (precopy, postcopy, multifd, auto-converge) on each --vmm "
+                    "in turn, --runs times, on the built-in guest; print medians and ratios "
+                    "(the first VMM's to the others'); --json keeps every run for "
+                    "'livemig report'.")
+    bench.add_argument("scenario", help="precopy, postcopy, multifd or auto-converge")
+    bench.add_argument("--vmm", action="append", metavar="VMM",
+                       help="livemig, qemu-system-x86_64, or a path; repeat to compare "
+                            "(default livemig)")
+    bench.add_argument("--runs", type=int, default=3)
+    bench.add_argument("--accel", default="tcg", choices=["tcg", "kvm"])
+    bench.add_argument("--ram", default="150M")
+    bench.add_argument("--bandwidth", type=_bandwidth, default=1_000_000_000,
+                       help="max-bandwidth, bytes/s (10M, 1G, 1e9; default 1e9)")
+    bench.add_argument("--downtime", type=int, default=300, help="downtime-limit, ms")
+    bench.add_argument("--timeout", type=float, default=300.0,
+                       help="a run still migrating after this many seconds fails")
+    bench.add_argument("--json", type=Path, metavar="FILE", help="save every run")
+    bench.set_defaults(func=_cmd_bench)
 
     report = sub.add_parser(
         "report", help="draw a saved run (livemig demo --json) as a PNG",

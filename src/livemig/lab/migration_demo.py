@@ -223,8 +223,8 @@ def _save_run(options: DemoOptions, console: Console, kind: VmmKind, timeline: T
                 "downtime-limit": options.downtime_ms, "transport": options.transport,
                 "postcopy": options.postcopy}
     results = {"format": FORMAT, "scenario": "demo", "options": settings,
-               "runs": [run_record("livemig", kind.binary, options.accel, timeline, info,
-                                   pause)]}
+               "runs": [run_record("livemig", Path(kind.binary).name, options.accel, timeline,
+                                   info, pause)]}
     if options.json_path is not None:
         write_results(options.json_path, "demo", settings, results["runs"])
         console.print(f"run saved to {options.json_path}")

@@ -1,8 +1,9 @@
 """``livemig report RESULTS.json --png FILE``: a migration run drawn.
 
-One column per run, side by side: remaining RAM and throughput over time,
-each dirty-sync pass marked, the guest's pause shaded, status changes
-named; under each, the run's headline figures. matplotlib, with its
+One column per VMM, side by side (its median run, when a file holds
+several): remaining RAM and throughput over time, each dirty-sync pass
+marked, the guest's pause shaded, status changes named; under each, the
+run's headline figures. matplotlib, with its
 non-interactive Agg backend (no display needed), imported only here.
 """
 
@@ -73,13 +74,27 @@ def _draw_run(ax: Any, table_ax: Any, run: dict[str, Any]) -> None:
     table.set_fontsize(9)
 
 
+def per_vmm(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One run per VMM (label), in the order they first appear: its median
+    run by total-time (``livemig bench`` keeps several of each)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(str(run.get("label", run.get("vmm", "?"))), []).append(run)
+    chosen = []
+    for group in groups.values():
+        ordered = sorted(group, key=lambda r: r["result"].get("total-time", 0))
+        chosen.append(ordered[(len(ordered) - 1) // 2])
+    return chosen
+
+
 def draw(results: dict[str, Any], png: Path) -> None:
-    """Write ``results`` (lab/timeline.py's format) as a PNG."""
+    """Write ``results`` (lab/timeline.py's format) as a PNG: a column per
+    VMM, each its median run."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = results["runs"]
+    runs = per_vmm(results["runs"])
     width = COLUMN_INCHES * max(len(runs), 2)   # one run gets two columns' width
     figure, axes = plt.subplots(2, len(runs), squeeze=False, figsize=(width, HEIGHT_INCHES),
                                 gridspec_kw={"height_ratios": [3, 1]})
