@@ -224,6 +224,7 @@ class System:
             cpr.accept()
         except LivemigError as err:
             self._incoming_failed(str(err))  # the source is gone: nothing will come
+
     def _incoming_failed(self, message: str) -> None:
         """QEMU ends the destination process when a load fails."""
         print(f"{PROG}: {message}", file=sys.stderr)

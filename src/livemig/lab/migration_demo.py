@@ -68,15 +68,6 @@ def _source_uri(dst: Vm, transport: str, incoming: str) -> str:
     return f"tcp:127.0.0.1:{address[0]['port']}"
 
 
-class DemoInterrupted(Exception):
-    """Ctrl-C, a hang-up or SIGTERM: the demo stops its VMs and removes its
-    lab folder on the way out (finally), then says so in one line."""
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    raise DemoInterrupted(signal.Signals(signum).name)
-
-
 def _convergence_hint(ram: dict[str, Any], options: DemoOptions) -> str | None:
     """A line saying why the migration may never end, once the guest is
     seen dirtying RAM about as fast as the link moves it (query-migrate
@@ -133,14 +124,55 @@ def _watch(src: Vm, console: Console, options: DemoOptions,
 
 def migration_demo(options: DemoOptions, console: Console | None = None,
                    workdir: Path | None = None) -> int:
+    """Run the demo. From the main thread, its steps run on a thread of
+    their own and the main thread only waits: Ctrl-C, SIGTERM or a hang-up
+    then stop the VMs and remove the lab folder from there, with one line,
+    instead of an exception raised into whatever the steps were doing (the
+    QMP client's event loop, a fork's locks)."""
     console = console or Console()
     binary = find_binary(LIVEMIG_BINARY)
     if binary is None:
         console.print(f"[red]{LIVEMIG_BINARY} is not installed[/red]")
         return 1
     kind = VmmKind(f"livemig-{options.accel}", binary, options.accel)
-    handlers = _catch_signals()
     lab = VmLauncher(workdir)
+    if threading.current_thread() is not threading.main_thread():
+        try:
+            return _steps(options, console, kind, lab)
+        finally:
+            lab.close()
+    stop = threading.Event()
+    caught: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        caught.append(signal.Signals(signum).name)
+        stop.set()
+
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, on_signal) for signum in wanted}
+    outcome: list[int] = []
+    steps = threading.Thread(target=lambda: outcome.append(_steps(options, console, kind, lab)),
+                             name="demo", daemon=True)
+    try:
+        steps.start()
+        while steps.is_alive() and not stop.is_set():
+            steps.join(0.1)
+        if stop.is_set():
+            console.quiet = True  # what the steps say from here on is noise
+            lab.close()
+            why = "Ctrl-C" if caught[0] == "SIGINT" else caught[0]
+            print(f"demo interrupted ({why}): its VMs are stopped and its lab folder removed",
+                  flush=True)
+            return 130
+        return outcome[0] if outcome else 1
+    finally:
+        lab.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _steps(options: DemoOptions, console: Console, kind: VmmKind, lab: VmLauncher) -> int:
+    """The demo itself (see migration_demo)."""
     try:
         incoming = _incoming_uri(lab, options.transport)
         console.print(f"[bold]livemig live migration demo[/bold]: built-in guest, "
@@ -202,15 +234,6 @@ def migration_demo(options: DemoOptions, console: Console | None = None,
     except LabError as err:
         console.print(f"[red]demo failed: {err}[/red]")
         return 1
-    except (KeyboardInterrupt, DemoInterrupted) as err:
-        why = "Ctrl-C" if isinstance(err, KeyboardInterrupt) else str(err)
-        console.print(f"[yellow]demo interrupted ({why}): its VMs are stopped and its "
-                      "lab folder removed[/yellow]")
-        return 130
-    finally:
-        lab.close()
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
 
 
 def _save_run(options: DemoOptions, console: Console, kind: VmmKind, timeline: Timeline,
@@ -232,12 +255,3 @@ def _save_run(options: DemoOptions, console: Console, kind: VmmKind, timeline: T
         from .report import draw
         draw(results, options.png_path)
         console.print(f"run drawn in {options.png_path}")
-
-
-def _catch_signals() -> dict[int, Any]:
-    """SIGTERM and SIGHUP (a closed terminal) end the demo as Ctrl-C does,
-    through the cleanup; returns the handlers to put back."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {signum: signal.signal(signum, _interrupt)
-            for signum in (signal.SIGTERM, signal.SIGHUP)}
