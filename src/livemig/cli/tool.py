@@ -95,6 +95,21 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return analyze_main(args.file, args.json, args.offset)
 
 
+def _migration_knobs(parser: argparse.ArgumentParser) -> None:
+    """What demo and bench both set: the VMs and the migration's limits."""
+    parser.add_argument("--accel", default="tcg", choices=["tcg", "kvm"],
+                        help="accelerator for the VMs (default tcg, as QEMU's default)")
+    parser.add_argument("--ram", default="150M", help="guest RAM, QEMU syntax (default 150M)")
+    parser.add_argument("--bandwidth", type=_bandwidth, default=1_000_000_000,
+                        help="max-bandwidth in bytes/s, QEMU's size syntax or a number "
+                             "(10M, 1G, 1e9; default 1e9)")
+    parser.add_argument("--downtime", type=int, default=300,
+                        help="downtime-limit in ms (default 300, QEMU's default)")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="give up (cancel the migration) after this many seconds "
+                             "(default 300)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livemig", description="livemig: live migration VMM")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,21 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start two livemig VMs on the built-in guest, live-migrate the running "
                     "guest from one to the other with a progress bar, print the result as "
                     "QEMU's 'info migrate' does, and check the destination's RAM.")
-    demo.add_argument("--accel", default="tcg", choices=["tcg", "kvm"],
-                      help="accelerator for both VMs (default tcg, as QEMU's default)")
-    demo.add_argument("--ram", default="150M", help="guest RAM, QEMU syntax (default 150M)")
-    demo.add_argument("--bandwidth", type=_bandwidth, default=1_000_000_000,
-                      help="max-bandwidth in bytes/s, QEMU's size syntax or a number "
-                           "(10M, 1G, 1e9; default 1e9)")
-    demo.add_argument("--downtime", type=int, default=300,
-                      help="downtime-limit in ms (default 300, QEMU's default)")
+    _migration_knobs(demo)
     demo.add_argument("--transport", default="unix", choices=["unix", "tcp"],
                       help="migration channel (default unix)")
     demo.add_argument("--postcopy", action="store_true",
-                      help="switch to postcopy after the first precopy pass")
-    demo.add_argument("--timeout", type=float, default=300.0,
-                      help="give up (cancel the migration) after this many seconds "
-                           "(default 300)")
+                      help="switch to postcopy at once (migrate-start-postcopy)")
     demo.add_argument("--json", type=Path, metavar="FILE",
                       help="save the run: query-migrate over time and the result")
     demo.add_argument("--png", type=Path, metavar="FILE",
@@ -155,13 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="livemig, qemu-system-x86_64, or a path; repeat to compare "
                             "(default livemig)")
     bench.add_argument("--runs", type=int, default=3)
-    bench.add_argument("--accel", default="tcg", choices=["tcg", "kvm"])
-    bench.add_argument("--ram", default="150M")
-    bench.add_argument("--bandwidth", type=_bandwidth, default=1_000_000_000,
-                       help="max-bandwidth, bytes/s (10M, 1G, 1e9; default 1e9)")
-    bench.add_argument("--downtime", type=int, default=300, help="downtime-limit, ms")
-    bench.add_argument("--timeout", type=float, default=300.0,
-                       help="a run still migrating after this many seconds fails")
+    _migration_knobs(bench)
     bench.add_argument("--json", type=Path, metavar="FILE", help="save every run")
     bench.set_defaults(func=_cmd_bench)
 
