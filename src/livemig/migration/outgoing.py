@@ -889,14 +889,14 @@ class _LiveRates:
         stats.pages_per_second = int(bandwidth / PAGE_SIZE)
         if ram_rate > 0:
             times.expected_downtime_ms = int(min(stats.remaining / ram_rate * 1000, 2**62))
-        if now - self._sampled_at >= DIRTY_SAMPLE_S and not self._job.machine.running:
-            # A stopped guest dirties nothing (what the VMM writes, the pass's
-            # last sync finds): no scan of its whole RAM each second (a few
-            # hundred ms at 2 GiB under the write-protect tracker).
-            stats.dirty_pages_rate = 0
-            self._sampled_at = now
-        elif now - self._sampled_at >= DIRTY_SAMPLE_S:
-            fresh = self._tracker.sync()
-            self._carried |= fresh
-            stats.dirty_pages_rate = int(fresh.sum() / (now - self._sampled_at))
+        if now - self._sampled_at >= DIRTY_SAMPLE_S:
+            if self._job.machine.running:
+                fresh = self._tracker.sync()
+                self._carried |= fresh
+                stats.dirty_pages_rate = int(fresh.sum() / (now - self._sampled_at))
+            else:
+                # A stopped guest dirties nothing (what the VMM writes, the
+                # pass's last sync finds): no scan of its whole RAM each second
+                # (a few hundred ms at 2 GiB under the write-protect tracker).
+                stats.dirty_pages_rate = 0
             self._sampled_at = now
