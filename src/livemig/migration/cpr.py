@@ -35,6 +35,7 @@ from .codec import (
     read_cpr_state,
     read_return,
 )
+from .listener import listen_unix
 from .uri import Uri
 
 MESSAGE_MAX = 64 << 10   # the cpr message is a few hundred bytes; one recvmsg takes it
@@ -73,16 +74,10 @@ class ReceivedCpr:
 
 
 def _listen(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        sock.bind(path)
-        sock.listen(1)
+        return listen_unix(path, 1)
     except OSError as err:
-        sock.close()
         raise MigrationError(f"Failed to listen on '{path}': {err.strerror or err}") from err
-    return sock
 
 
 def receive_state(uri: Uri) -> ReceivedCpr:

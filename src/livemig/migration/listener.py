@@ -7,6 +7,8 @@ first connection): a bad address is still a start-up error.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import socket
 import subprocess
@@ -57,6 +59,36 @@ def incoming_fd(uri: Uri, take_fd: TakeFd) -> int:
     return take_fd(uri.target)
 
 
+UNIX_PATH_MAX = 108   # sizeof(sockaddr_un.sun_path), <linux/un.h>
+_STAGING = itertools.count()
+
+
+def listen_unix(path: str, backlog: int) -> socket.socket:
+    """A unix socket listening at ``path``, which appears only once it listens.
+
+    bind() makes the file and listen() comes after it: a peer that waits for
+    the file and connects in between is refused. So bind a private name in
+    the same folder, listen, and rename it into place (rename is atomic and
+    the socket stays bound to the inode). Raises OSError."""
+    staging = os.path.join(os.path.dirname(path), f".lm{os.getpid()}-{next(_STAGING)}")
+    if len(os.fsencode(staging)) >= UNIX_PATH_MAX:
+        staging = path   # no room for a private name: bind in place, as before
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        sock.bind(staging)
+        sock.listen(backlog)
+        if staging != path:
+            os.rename(staging, path)   # replaces a stale socket file, as unlink did
+    except OSError:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(staging)
+        raise
+    return sock
+
+
 class Listener:
     """The destination side: where one incoming connection will arrive."""
 
@@ -66,11 +98,7 @@ class Listener:
         self._fd: int | None = None
         try:
             if uri.scheme == "unix":
-                if os.path.exists(uri.target):
-                    os.unlink(uri.target)
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._sock.bind(uri.target)
-                self._sock.listen(BACKLOG)
+                self._sock = listen_unix(uri.target, BACKLOG)
             elif uri.scheme == "tcp":
                 host = tcp_host(uri.host)
                 family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
