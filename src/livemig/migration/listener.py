@@ -74,17 +74,20 @@ def listen_unix(path: str, backlog: int) -> socket.socket:
     if len(os.fsencode(staging)) >= UNIX_PATH_MAX:
         staging = path   # no room for a private name: bind in place, as before
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = False
     try:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staging)
         sock.bind(staging)
+        bound = True
         sock.listen(backlog)
         if staging != path:
             os.rename(staging, path)   # replaces a stale socket file, as unlink did
     except OSError:
         sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(staging)
+        if bound:   # remove only the name this call made
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
         raise
     return sock
 
