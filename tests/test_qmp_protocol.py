@@ -124,6 +124,8 @@ def test_introspection(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:
             "query-version", "query-name", "query-kvm", "query-cpus-fast", "pmemsave",
             "memsave", "human-monitor-command"} <= names
     assert vm.cmd("query-kvm") == {"enabled": False, "present": True}
+    assert vm.cmd("query-memory-size-summary") == {"base-memory": 150 << 20,
+                                                   "plugged-memory": 0}
     cpus = vm.cmd("query-cpus-fast")
     assert len(cpus) == 1 and cpus[0]["cpu-index"] == 0 and cpus[0]["thread-id"] > 0
     assert vm.cmd("human-monitor-command", **{"command-line": "info status"}) \

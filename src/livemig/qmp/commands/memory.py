@@ -1,4 +1,5 @@
-"""Memory dumps: pmemsave (guest-physical) and memsave (guest-virtual).
+"""Memory dumps: pmemsave (guest-physical) and memsave (guest-virtual);
+query-memory-size-summary, how much RAM the guest has.
 
 livemig's guests run without paging, so a virtual address is its physical
 address; memsave refuses a CPU index other than 0, the only vCPU.
@@ -36,3 +37,9 @@ def memsave(ctx: QmpContext, val: int, size: int, filename: str, cpu_index: int 
     if cpu_index != 0:
         raise QmpError(f"CPU {cpu_index} is not present", "DeviceNotFound")
     _save(ctx, val, size, filename)
+
+
+@command("query-memory-size-summary")
+def query_memory_size_summary(ctx: QmpContext) -> dict[str, int]:
+    """QEMU's answer: boot RAM; livemig has no hot-plugged memory, so 0 plugged."""
+    return {"base-memory": ctx.machine.ram.size, "plugged-memory": 0}
