@@ -69,6 +69,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from ..lab import planner
+    from ..lab.vmm import LabError
+
+    try:
+        if args.sink:
+            print(f"livemig plan: link probe sink on {args.sink} (Ctrl-C ends it)")
+            planner.sink(args.sink)
+            return 0
+        if not args.qmp:
+            print("livemig plan: --qmp SOCKET (or --sink PORT) is needed", file=sys.stderr)
+            return 2
+        return planner.plan_over_qmp(args.qmp, bandwidth=args.bandwidth, probe=args.probe,
+                                     downtime_limit_ms=args.downtime_limit,
+                                     policy=args.policy, deadline_ms=args.deadline,
+                                     json_path=args.json,
+                                     sample_content=not args.no_content_sample)
+    except KeyboardInterrupt:
+        print("livemig plan: interrupted", file=sys.stderr)
+        return 130
+    except LabError as err:
+        print(f"livemig plan: {err}", file=sys.stderr)
+        return 1
+
+
+def _plan_bandwidth(text: str) -> int | None:
+    return None if text == "auto" else _bandwidth(text)
+
+
 def _bandwidth(text: str) -> int:
     """--bandwidth: bytes/s in QEMU's size syntax (10M, 1G) or a plain or
     scientific number (1000000, 1e9)."""
@@ -173,6 +202,36 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--png", type=Path, required=True, metavar="FILE",
                         help="the picture to write")
     report.set_defaults(func=_cmd_report)
+
+    plan = sub.add_parser(
+        "plan", help="predict a migration of a running guest before starting it",
+        description="Measure a running guest over its QMP socket (livemig or QEMU: "
+                    "calc-dirty-rate, query-* and pmemsave) and predict, for precopy under "
+                    "each convergence policy and for postcopy: whether it converges, the "
+                    "passes, total time, downtime, bytes sent and postcopy's block time; "
+                    "then say what to set. The model is in docs/planner.md.")
+    plan.add_argument("--qmp", metavar="SOCKET",
+                      help="the source VM's QMP unix socket (no other client may hold it)")
+    plan.add_argument("--bandwidth", type=_plan_bandwidth, default=None, metavar="auto|B/s",
+                      help="what the link moves, bytes/s (10M, 1G, 1e9); auto (default): "
+                           "the VM's max-bandwidth, capped by --probe's figure if given")
+    plan.add_argument("--probe", metavar="HOST:PORT",
+                      help="measure the link with a short probe to 'livemig plan --sink "
+                           "PORT' on the destination host")
+    plan.add_argument("--downtime-limit", type=float, metavar="MS",
+                      help="plan with this downtime-limit (default: the VM's)")
+    plan.add_argument("--policy", choices=["qemu", "auto-postcopy", "deadline"],
+                      help="predict this convergence policy only (default: every shipped "
+                           "one livemig has; QEMU: its own rules)")
+    plan.add_argument("--deadline", type=float, metavar="MS",
+                      help="livemig-deadline for the deadline policy (default: the VM's)")
+    plan.add_argument("--no-content-sample", action="store_true",
+                      help="do not sample RAM for zero pages (pmemsave writes a few files "
+                           "in /tmp; use this when the VMM runs on another host)")
+    plan.add_argument("--json", type=Path, metavar="FILE", help="save the plan as JSON")
+    plan.add_argument("--sink", metavar="[HOST:]PORT",
+                      help="run the link probe's sink here instead of planning")
+    plan.set_defaults(func=_cmd_plan)
 
     analyze = sub.add_parser(
         "analyze-migration", help="describe a saved migration stream",
