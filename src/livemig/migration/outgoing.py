@@ -808,6 +808,12 @@ class OutgoingMigration:
         self.times.end = time.monotonic()
         self._end_guest(status)
         if status == S.COMPLETED:
+            # A completed job's mbps is the whole migration's, as QEMU's is:
+            # every byte over the time after set-up (a pass's rate before, and
+            # none at all after postcopy, which has no passes to measure).
+            moving_ms = self.times.total_ms() - self.times.setup_ms
+            if moving_ms > 0:
+                self.stats.mbps = self.stats.transferred * 8 / moving_ms / 1000
             self._must(self.status.transition({S.ACTIVE, S.DEVICE, S.POSTCOPY_ACTIVE},
                                               S.COMPLETED))
             return
