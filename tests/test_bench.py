@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import LIVEMIG, QEMU
@@ -44,10 +45,6 @@ def test_bench_precopy_on_livemig_and_qemu(tmp_path: Path) -> None:
 
 
 def test_unsupported_scenarios_are_reported_not_failed() -> None:
-    console = Console(record=True, width=120)
-    assert bench("recovery", ["livemig"], console=console) == 0
-    assert "not run by livemig bench yet" in console.export_text()
-
     def cannot(*_args: object) -> str:
         return "has no multifd"
 
@@ -55,4 +52,73 @@ def test_unsupported_scenarios_are_reported_not_failed() -> None:
     assert bench("multifd", ["livemig"], runs=2, console=console, run=cannot) == 0
     text = console.export_text()
     assert "livemig: multifd not supported: has no multifd" in text
-    assert bench("warp", ["livemig"], console=Console(record=True)) == 2
+    console = Console(record=True, width=120)
+    assert bench("warp", ["livemig"], console=console) == 2
+    assert "unknown scenario warp" in console.export_text()
+
+
+def _runs_of(path: Path) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = json.loads(path.read_text())["runs"]
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(LIVEMIG is None or QEMU is None, reason="needs livemig and QEMU")
+def test_bench_recovery_cuts_the_link_and_both_vmms_recover(tmp_path: Path) -> None:
+    out = tmp_path / "recovery.json"
+    console = Console(record=True, width=140)
+    assert bench("recovery", ["livemig", "qemu-system-x86_64"], runs=1, json_path=out,
+                 console=console) == 0
+    assert "paused by the cut" in console.export_text()
+    runs = _runs_of(out)
+    assert [r["label"] for r in runs] == ["livemig", "qemu-system-x86_64"]
+    for run in runs:
+        statuses = [s["status"] for s in run["timeline"]]
+        # The relay's cut paused it, recovery resumed it, and it completed.
+        paused = statuses.index("postcopy-paused")
+        assert "postcopy-active" in statuses[:paused]
+        assert "postcopy-active" in statuses[paused:] or "postcopy-recover" in statuses[paused:]
+        assert statuses[-1] == "completed"
+        # The final rate is the whole migration's, postcopy too (QEMU's meaning).
+        assert run["result"]["ram"]["mbps"] > 0
+        assert run["extra"]["paused-ms"] > 0
+        assert run["extra"]["blocktime-ms"] >= 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(LIVEMIG is None or QEMU is None, reason="needs livemig and QEMU")
+def test_bench_file_saves_and_restores_on_both_vmms(tmp_path: Path) -> None:
+    out = tmp_path / "file.json"
+    console = Console(record=True, width=140)
+    assert bench("file", ["livemig", "qemu-system-x86_64"], runs=1, json_path=out,
+                 console=console) == 0
+    assert "restore" in console.export_text()
+    for run in _runs_of(out):
+        assert run["result"]["status"] == "completed"
+        assert run["extra"]["restore-ms"] > 0
+        # The built-in guest writes 100 MiB: a file of about that, whatever the URI.
+        assert 90 << 20 < run["extra"]["file-bytes"] < 200 << 20
+        assert run["pause"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(LIVEMIG is None, reason="needs livemig")
+def test_bench_postcopy_of_a_workload_guest_over_tcp_draws_its_block_time(
+        tmp_path: Path) -> None:
+    out, png = tmp_path / "postcopy.json", tmp_path / "postcopy.png"
+    result = subprocess.run([TOOL, "bench", "postcopy", "--vmm", "livemig", "--runs", "1",
+                             "--guest", "dirty", "--wss", "32", "--rate", "40",
+                             "--transport", "tcp", "--bandwidth", "100M", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "COLUMNS": "120"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "postcopy block time" in result.stdout
+    options = json.loads(out.read_text())["options"]
+    assert options["transport"] == "tcp" and options["guest"]["dirty"]["wss_mib"] == 32
+    run = _runs_of(out)[0]
+    blocked = [s["postcopy-blocktime"] for s in run["timeline"] if "postcopy-blocktime" in s]
+    assert blocked and blocked == sorted(blocked)   # sampled from the destination, growing
+    assert run["extra"]["blocktime-ms"] >= blocked[-1]
+    assert subprocess.run([TOOL, "report", str(out), "--png", str(png)],
+                          timeout=120).returncode == 0
+    assert png.stat().st_size > 10_000

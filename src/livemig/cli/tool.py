@@ -43,16 +43,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from ..lab.bench import bench
+    from ..guest.dirty import DirtyParams
+    from ..lab.bench import Options, bench
     from ..lab.vmm import LabError
 
     try:
-        return bench(args.scenario, args.vmm or ["livemig"], accel=args.accel, runs=args.runs,
-                     ram=args.ram, bandwidth=args.bandwidth, downtime=args.downtime,
-                     timeout=args.timeout, json_path=args.json)
+        guest = None
+        if args.guest == "dirty":
+            guest = DirtyParams(wss_mib=args.wss, rate=None if args.rate == "max"
+                                else float(args.rate), pattern=args.pattern,
+                                write_bytes=args.write)
+        opts = Options(accel=args.accel, ram=args.ram, bandwidth=args.bandwidth,
+                       downtime=args.downtime, timeout=args.timeout, transport=args.transport,
+                       guest=guest, caps=tuple(args.cap or ()),
+                       params=tuple(args.param or ()), dst_args=tuple(args.dst_arg or ()),
+                       switch=args.switch)
+        return bench(args.scenario, args.vmm or ["livemig"], opts, runs=args.runs,
+                     json_path=args.json)
+    except ValueError as err:
+        print(f"livemig bench: {err}", file=sys.stderr)
+        return 2
     except LabError as err:
         print(f"livemig bench: {err}", file=sys.stderr)
         return 1
+
+
+def _param(text: str) -> tuple[str, object]:
+    """--param NAME=VALUE: a migrate-set-parameters member; whole numbers and
+    on/off/true/false become JSON numbers and booleans, the rest stays text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"'{text}' is not NAME=VALUE")
+    if value.lstrip("-").isdigit():
+        return name, int(value)
+    flags = {"on": True, "true": True, "off": False, "false": False}
+    return name, flags.get(value.lower(), value)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -134,6 +159,8 @@ def _migration_knobs(parser: argparse.ArgumentParser) -> None:
                              "(10M, 1G, 1e9; default 1e9)")
     parser.add_argument("--downtime", type=int, default=300,
                         help="downtime-limit in ms (default 300, QEMU's default)")
+    parser.add_argument("--transport", default="unix", choices=["unix", "tcp"],
+                        help="migration channel (default unix)")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="give up (cancel the migration) after this many seconds "
                              "(default 300)")
@@ -168,8 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "guest from one to the other with a progress bar, print the result as "
                     "QEMU's 'info migrate' does, and check the destination's RAM.")
     _migration_knobs(demo)
-    demo.add_argument("--transport", default="unix", choices=["unix", "tcp"],
-                      help="migration channel (default unix)")
     demo.add_argument("--postcopy", action="store_true",
                       help="switch to postcopy at once (migrate-start-postcopy)")
     demo.add_argument("--json", type=Path, metavar="FILE",
@@ -180,16 +205,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench", help="run one migration scenario on several VMMs in turn and compare",
-        description="Run SCENARIO (precopy, postcopy, multifd, auto-converge) on each --vmm "
-                    "in turn, --runs times, on the built-in guest; print medians and ratios "
-                    "(the first VMM's to the others'); --json keeps every run for "
-                    "'livemig report'.")
-    bench.add_argument("scenario", help="precopy, postcopy, multifd or auto-converge")
+        description="Run SCENARIO on each --vmm in turn, --runs times, on the built-in guest "
+                    "or a workload guest; check the destination's RAM after each run; print "
+                    "medians and ratios (the first VMM's to the others'); --json keeps every "
+                    "run for 'livemig report'. See docs/benchmarks.md.")
+    bench.add_argument("scenario", help="precopy, postcopy, recovery, multifd, auto-converge "
+                                        "or file")
     bench.add_argument("--vmm", action="append", metavar="VMM",
                        help="livemig, qemu-system-x86_64, or a path; repeat to compare "
                             "(default livemig)")
     bench.add_argument("--runs", type=int, default=3)
     _migration_knobs(bench)
+    bench.add_argument("--guest", default="ab", choices=["ab", "dirty"],
+                       help="the built-in guest (default) or a workload guest with the "
+                            "knobs below")
+    bench.add_argument("--wss", type=int, default=64, help="dirty: working set, MiB (64)")
+    bench.add_argument("--rate", default="max", help="dirty: MiB/s dirtied, or max (default)")
+    bench.add_argument("--pattern", choices=["sequential", "random", "hotcold"],
+                       default="sequential", help="dirty: which pages it writes")
+    bench.add_argument("--write", type=int, default=1, help="dirty: bytes written a page (1)")
+    bench.add_argument("--cap", action="append", metavar="NAME",
+                       help="one more capability on both sides (repeat)")
+    bench.add_argument("--param", action="append", type=_param, metavar="NAME=VALUE",
+                       help="one more migrate-set-parameters member on the source (repeat)")
+    bench.add_argument("--dst-arg", action="append", metavar="ARG",
+                       help="one more command-line argument for the destination, e.g. "
+                            "--dst-arg=-mem-prealloc (repeat)")
+    bench.add_argument("--switch", default="now", choices=["now", "after-first-pass"],
+                       help="postcopy and recovery: when to migrate-start-postcopy "
+                            "(default now)")
     bench.add_argument("--json", type=Path, metavar="FILE", help="save every run")
     bench.set_defaults(func=_cmd_bench)
 

@@ -1,13 +1,23 @@
 """``livemig bench SCENARIO --vmm VMM [--vmm VMM …]``: the same migration on
 several QEMU-compatible VMMs, in turn, over their command line and QMP only.
 
-Each run starts a source and a destination of one VMM on the built-in
-guest, waits for the guest to run, migrates it over a unix socket with the
-scenario's capabilities, samples query-migrate every 10 ms (lab/timeline.py)
-and records the final answer and the guest's pause (the source's STOP to
-the destination's RESUME). VMMs alternate run by run. A table gives each
-VMM's medians and the first VMM's ratios to the others; ``--json`` keeps
-every run for ``livemig report``.
+Each run starts a source and a destination of one VMM on the chosen guest
+(the built-in one, or a workload guest with its knobs), waits for the
+guest to run, migrates it over the chosen transport with the scenario's
+capabilities, samples query-migrate every 10 ms (lab/timeline.py; the
+destination's too in postcopy, for its block time) and records the final
+answer and the guest's pause (the source's STOP to the destination's
+RESUME). VMMs alternate run by run. A table gives each VMM's medians and
+the first VMM's ratios to the others; ``--json`` keeps every run for
+``livemig report``.
+
+Scenarios: ``precopy``, ``multifd``, ``auto-converge``; ``postcopy``
+(switched at once, or after the first pass); ``recovery`` (postcopy over TCP through a relay that
+cuts the link a moment in, then ``migrate-recover`` and ``migrate``
+with ``resume``); ``file`` (save with ``file:``, or ``exec:cat`` on a VMM
+older than QEMU 9, then restore into a fresh process). Every run ends with
+the destination's RAM checked against the guest's invariant: a VMM that
+migrates wrongly fails the bench instead of reporting a figure.
 """
 
 from __future__ import annotations
@@ -15,36 +25,105 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from ..guest.dirty import DirtyParams, image
+from .checks import check_ab_ram, check_dirty_ram
+from .link import Link
 from .timeline import Timeline, run_record, write_results
-from .vmm import LIVEMIG_BINARY, QEMU_BINARY, LabError, Vm, VmLauncher, VmmKind, find_binary
+from .vmm import (
+    LIVEMIG_BINARY,
+    QEMU_BINARY,
+    LabError,
+    Vm,
+    VmLauncher,
+    VmmKind,
+    find_binary,
+    incoming_uri,
+    source_uri,
+    wait_until,
+)
 
 POLL_S = 0.01
+MiB = 1 << 20
+# recovery: postcopy is held to this rate until the link is cut and
+# recovered (so that there is a postcopy to interrupt), cut this long after
+# the source says postcopy-active.
+RECOVERY_POSTCOPY_BANDWIDTH = 50_000_000
+CUT_AFTER_S = 0.3
+TERMINAL = ("completed", "failed", "cancelled")
 
-# scenario: (source capabilities, destination capabilities, switch to postcopy)
-SCENARIOS: dict[str, tuple[list[str], list[str], bool]] = {
-    "precopy": ([], [], False),
-    "postcopy": (["postcopy-ram"], ["postcopy-ram"], True),
-    "multifd": (["multifd"], ["multifd"], False),
-    "auto-converge": (["auto-converge"], [], False),
+
+class Options(NamedTuple):
+    """What every VMM of one bench runs with."""
+
+    accel: str = "tcg"
+    ram: str = "150M"
+    bandwidth: int = 1_000_000_000      # max-bandwidth, bytes/s
+    downtime: int = 300                 # downtime-limit, ms
+    timeout: float = 300.0
+    transport: str = "unix"             # unix or tcp (recovery: always tcp)
+    guest: DirtyParams | None = None    # None: the built-in guest
+    caps: tuple[str, ...] = ()          # more capabilities, on both sides
+    params: tuple[tuple[str, Any], ...] = ()   # more migrate-set-parameters, source
+    dst_args: tuple[str, ...] = ()      # more command-line arguments, destination
+    switch: str = "now"                 # postcopy: "now" or "after-first-pass"
+
+    def as_json(self) -> dict[str, Any]:
+        out = self._asdict()
+        out["guest"] = "ab" if self.guest is None else {"dirty": asdict(self.guest)}
+        out["params"] = dict(self.params)
+        return out
+
+
+class Scenario(NamedTuple):
+    src_caps: tuple[str, ...]
+    dst_caps: tuple[str, ...]
+    flow: str       # live, postcopy, recovery or file
+
+
+POSTCOPY_DST = ("postcopy-ram", "postcopy-blocktime")
+SCENARIOS: dict[str, Scenario] = {
+    "precopy": Scenario((), (), "live"),
+    "postcopy": Scenario(("postcopy-ram",), POSTCOPY_DST, "postcopy"),
+    "recovery": Scenario(("postcopy-ram",), POSTCOPY_DST, "recovery"),
+    "multifd": Scenario(("multifd",), ("multifd",), "live"),
+    "auto-converge": Scenario(("auto-converge",), (), "live"),
+    "file": Scenario((), (), "file"),
 }
-# Named in the issue and in livemig, but not (yet) run by this engine.
-NOT_HERE = {"recovery": "needs a link that breaks mid-postcopy (tests/test_postcopy_*)",
-            "file": "saves to a file instead of a destination (benchmarks/bench_file.py)"}
 
-METRICS = (("total-time", "ms", lambda r: r["result"].get("total-time", 0)),
-           ("downtime", "ms", lambda r: r["result"].get("downtime", 0)),
-           ("guest pause", "ms",
-            lambda r: (r["pause"][1] - r["pause"][0]) * 1000 if r["pause"] else 0.0),
-           ("transferred", "MiB",
-            lambda r: r["result"].get("ram", {}).get("transferred", 0) / (1 << 20)),
-           ("passes", "", lambda r: r["result"].get("ram", {}).get("dirty-sync-count", 0)))
+
+def _extra(key: str, scale: float = 1.0) -> Callable[[dict[str, Any]], float | None]:
+    def measure(run: dict[str, Any]) -> float | None:
+        value = run.get("extra", {}).get(key)
+        return None if value is None else value / scale
+    return measure
+
+
+# (name, unit, the figure of one run, or None where the scenario has none)
+METRICS: tuple[tuple[str, str, Callable[[dict[str, Any]], float | None]], ...] = (
+    ("total-time", "ms", lambda r: r["result"].get("total-time")),
+    ("downtime", "ms", lambda r: r["result"].get("downtime")),
+    ("guest pause", "ms",
+     lambda r: (r["pause"][1] - r["pause"][0]) * 1000 if r["pause"] else None),
+    ("transferred", "MiB", lambda r: r["result"].get("ram", {}).get("transferred", 0) / MiB),
+    ("passes", "", lambda r: r["result"].get("ram", {}).get("dirty-sync-count", 0)),
+    ("setup-time", "ms", lambda r: r["result"].get("setup-time")),
+    ("throughput", "Mb/s", lambda r: r["result"].get("ram", {}).get("mbps")),
+    ("postcopy block time", "ms", _extra("blocktime-ms")),
+    ("paused by the cut", "ms", _extra("paused-ms")),
+    ("switch to completed", "ms", _extra("postcopy-ms")),
+    ("fault latency mean", "us", _extra("fault-mean-us")),
+    ("fault latency p99", "us", _extra("fault-p99-us")),
+    ("restore", "ms", _extra("restore-ms")),
+    ("file size", "MiB", _extra("file-bytes", MiB)),
+)
 
 
 def vmm_kind(name: str, accel: str) -> VmmKind:
@@ -57,58 +136,216 @@ def vmm_kind(name: str, accel: str) -> VmmKind:
     return VmmKind(label, found, accel)
 
 
-def _supports(vm: Vm, caps: list[str]) -> str | None:
+def _supports(vm: Vm, caps: tuple[str, ...]) -> str | None:
     known = {c["capability"] for c in vm.cmd("query-migrate-capabilities")}
     missing = [c for c in caps if c not in known]
     return f"has no {', '.join(missing)}" if missing else None
 
 
-def one_run(kind: VmmKind, scenario: str, ram: str, bandwidth: int, downtime: int,
-            timeout: float) -> dict[str, Any] | str:
+def _set_caps(vm: Vm, caps: tuple[str, ...]) -> None:
+    if caps:
+        vm.cmd("migrate-set-capabilities",
+               capabilities=[{"capability": c, "state": True} for c in caps])
+
+
+def _has_file_uri(vm: Vm) -> bool:
+    """livemig, or QEMU 9 and later: ``file:`` URIs."""
+    version = vm.cmd("query-version")
+    return (str(version.get("package", "")).startswith("livemig")
+            or int(version.get("qemu", {}).get("major", 0)) >= 9)
+
+
+class _Pair:
+    """A source (and, but for ``file``, a destination) on the chosen guest."""
+
+    def __init__(self, lab: VmLauncher, kind: VmmKind, opts: Options) -> None:
+        self.lab, self.kind, self.opts = lab, kind, opts
+        self.image: Path | None = None
+        if opts.guest is not None:
+            self.image = lab.workdir / "dirty.img"
+            self.image.write_bytes(image(opts.guest))
+
+    def start(self, name: str, extra: list[str] | None = None) -> Vm:
+        return self.lab.start(self.kind, name, ram=self.opts.ram, image=self.image, extra=extra)
+
+    def check(self, dst: Vm) -> None:
+        """Stop the destination and check its RAM against the guest's invariant."""
+        dst.cmd("stop")
+        check = check_ab_ram(dst) if self.opts.guest is None else check_dirty_ram(dst)
+        if not check.ok:
+            raise LabError(f"{self.kind.label}: the destination's RAM is wrong: "
+                           f"{check.describe()}")
+
+    def wait_running(self, vm: Vm) -> None:
+        """The built-in guest has swept its RAM once ('B'); a workload guest
+        has zeroed its set and writes ('A')."""
+        vm.wait_serial(b"A" if self.opts.guest else b"B",
+                       timeout=120 if self.kind.accel == "tcg" else 300)
+
+
+Step = Callable[[dict[str, Any], dict[str, Any] | None, float], None]
+
+
+def _follow(src: Vm, dst: Vm | None, timeline: Timeline, opts: Options, label: str,
+            step: Step | None = None) -> dict[str, Any]:
+    """Poll until the migration ends; its final answer, with its times."""
+    while True:
+        info = src.cmd("query-migrate")
+        dinfo = dst.cmd("query-migrate") if dst is not None else None
+        timeline.sample(info, dinfo)
+        if info["status"] in TERMINAL:
+            break
+        if step is not None:
+            step(info, dinfo, timeline.samples[-1]["t"])
+        if timeline.samples[-1]["t"] > opts.timeout:
+            src.cmd("migrate_cancel")
+            raise LabError(f"{label}: still {info['status']} after {opts.timeout:g} s")
+        time.sleep(POLL_S)
+    if info["status"] != "completed":
+        raise LabError(f"{label}: migration {info['status']}: {info.get('error-desc', '')}")
+    # QEMU 7.2 (multifd) can say completed a moment before its times are
+    # filled in: the final answer is the first one that has them.
+    for _ in range(200):
+        if info.get("total-time") and "downtime" in info:
+            break
+        time.sleep(POLL_S)
+        info = src.cmd("query-migrate")
+    return info
+
+
+class _Recovery:
+    """The recovery scenario's steps, taken from the poll loop: cut the
+    link ``CUT_AFTER_S`` into postcopy; once both sides are paused, recover
+    over a unix socket and lift the postcopy rate; note when it runs again."""
+
+    def __init__(self, lab: VmLauncher, src: Vm, dst: Vm, link: Link) -> None:
+        self.lab, self.src, self.dst, self.link = lab, src, dst, link
+        self.active_at: float | None = None
+        self.cut_at: float | None = None
+        self.back_at: float | None = None
+        self.resumed = False
+
+    def __call__(self, info: dict[str, Any], dinfo: dict[str, Any] | None, t: float) -> None:
+        status = info["status"]
+        if self.active_at is None:
+            if status == "postcopy-active":
+                self.active_at = t
+        elif self.cut_at is None:
+            if t - self.active_at >= CUT_AFTER_S:
+                self.link.cut(0)
+                self.cut_at = t
+        elif not self.resumed:
+            if status == "postcopy-paused" and (dinfo or {}).get("status") == "postcopy-paused":
+                uri = f"unix:{self.lab.workdir / 'recover.sock'}"
+                self.dst.cmd("migrate-recover", uri=uri)
+                self.src.cmd("migrate", uri=uri, resume=True)
+                self.src.cmd("migrate-set-parameters", **{"max-postcopy-bandwidth": 0})
+                self.resumed = True
+        elif self.back_at is None and status == "postcopy-active":
+            self.back_at = t
+
+    def paused_ms(self, label: str) -> float:
+        if self.cut_at is None or self.back_at is None:
+            raise LabError(f"{label}: postcopy ended before the link was cut "
+                           f"(cut {self.cut_at}, back {self.back_at})")
+        return (self.back_at - self.cut_at) * 1000
+
+
+def _live_run(pair: _Pair, scenario: Scenario) -> dict[str, Any] | str:
+    kind, opts = pair.kind, pair.opts
+    postcopy = scenario.flow in ("postcopy", "recovery")
+    incoming = incoming_uri(pair.lab.workdir, "tcp" if scenario.flow == "recovery"
+                            else opts.transport)
+    src = pair.start("src")
+    dst = pair.start("dst", extra=["-incoming", incoming, *opts.dst_args])
+    src_caps, dst_caps = (*scenario.src_caps, *opts.caps), (*scenario.dst_caps, *opts.caps)
+    why = _supports(src, src_caps) or _supports(dst, dst_caps)
+    if why is not None:
+        return why
+    _set_caps(dst, dst_caps)
+    _set_caps(src, ("events", *src_caps))
+    src.cmd("migrate-set-parameters", **{"max-bandwidth": opts.bandwidth,
+                                         "downtime-limit": opts.downtime, **dict(opts.params)})
+    uri = source_uri(dst, incoming)
+    recovery: _Recovery | None = None
+    if scenario.flow == "recovery":
+        link = Link(int(uri.rsplit(":", 1)[1]))
+        uri = link.uri
+        recovery = _Recovery(pair.lab, src, dst, link)
+        src.cmd("migrate-set-parameters",
+                **{"max-postcopy-bandwidth": RECOVERY_POSTCOPY_BANDWIDTH})
+    pair.wait_running(src)
+    timeline = Timeline()
+    src.cmd("migrate", uri=uri)
+    switched: list[float] = []
+    if postcopy and opts.switch == "now":
+        src.cmd("migrate-start-postcopy")
+        switched.append(timeline.elapsed())
+    step: Step | None = recovery
+    if postcopy and opts.switch == "after-first-pass":
+        def step(info: dict[str, Any], dinfo: dict[str, Any] | None, t: float) -> None:
+            # The first pass has ended when a sync beyond the one at the start is counted.
+            if not switched and info.get("ram", {}).get("dirty-sync-count", 0) >= 2:
+                src.cmd("migrate-start-postcopy")
+                switched.append(t)
+            if recovery is not None:
+                recovery(info, dinfo, t)
+    info = _follow(src, dst if postcopy else None, timeline, opts, kind.label, step)
+    resumed = dst.wait_event("RESUME", timeout=60)
+    pause = (timeline.since_start(src.wait_event("STOP", timeout=10)),
+             timeline.since_start(resumed))
+    extra: dict[str, float] = {}
+    if postcopy:
+        done = wait_until(lambda: (d := dst.cmd("query-migrate"))["status"] == "completed"
+                          and d, 60, "the destination to complete")
+        extra["blocktime-ms"] = float(done.get("postcopy-blocktime", 0))
+        if switched:
+            extra["postcopy-ms"] = (timeline.samples[-1]["t"] - switched[0]) * 1000
+        latency = done.get("livemig-fault-latency") or {}
+        if latency.get("count"):
+            extra["fault-mean-us"] = float(latency["mean-us"])
+            extra["fault-p99-us"] = float(latency["p99-us"])
+    pair.check(dst)
+    if recovery is not None:
+        extra["paused-ms"] = recovery.paused_ms(kind.label)
+    return run_record(kind.label, Path(kind.binary).name, kind.accel, timeline, info, pause,
+                      extra)
+
+
+def _file_run(pair: _Pair) -> dict[str, Any]:
+    """Save to a file, then restore into a fresh process: the restore's
+    time is from starting that process to its migration's completion."""
+    kind, opts = pair.kind, pair.opts
+    saved = pair.lab.workdir / "saved.mig"
+    src = pair.start("src")
+    has_file = _has_file_uri(src)
+    src.cmd("migrate-set-parameters", **{"max-bandwidth": opts.bandwidth,
+                                         "downtime-limit": opts.downtime})
+    pair.wait_running(src)
+    timeline = Timeline()
+    src.cmd("migrate", uri=f"file:{saved}" if has_file else f"exec:cat > {saved}")
+    info = _follow(src, None, timeline, opts, kind.label)
+    src.quit()
+    started = time.perf_counter()
+    dst = pair.start("dst", extra=["-incoming", f"file:{saved}" if has_file
+                                   else f"exec:cat {saved}"])
+    wait_until(lambda: dst.cmd("query-migrate").get("status") == "completed", opts.timeout,
+               "the restore", interval=0.02)
+    restored = time.perf_counter() - started
+    pair.check(dst)
+    extra = {"restore-ms": restored * 1000,
+             "file-bytes": float(saved.stat().st_size)}
+    return run_record(kind.label, Path(kind.binary).name, kind.accel, timeline, info, None,
+                      extra)
+
+
+def one_run(kind: VmmKind, scenario: str, opts: Options) -> dict[str, Any] | str:
     """One migration; the run record, or why the VMM cannot run it."""
-    src_caps, dst_caps, switch = SCENARIOS[scenario]
     lab = VmLauncher()
     try:
-        sock = lab.workdir / "mig.sock"
-        src = lab.start(kind, "src", ram=ram)
-        dst = lab.start(kind, "dst", ram=ram, extra=["-incoming", f"unix:{sock}"])
-        why = _supports(src, src_caps)
-        if why is not None:
-            return why
-        dst.cmd("migrate-set-capabilities",
-                capabilities=[{"capability": c, "state": True} for c in dst_caps])
-        src.cmd("migrate-set-capabilities", capabilities=[
-            {"capability": c, "state": True} for c in ["events", *src_caps]])
-        src.cmd("migrate-set-parameters", **{"max-bandwidth": bandwidth,
-                                             "downtime-limit": downtime})
-        src.wait_serial(b"B", timeout=120 if kind.accel == "tcg" else 300)
-        timeline = Timeline()
-        src.cmd("migrate", uri=f"unix:{sock}")
-        if switch:
-            src.cmd("migrate-start-postcopy")
-        while True:
-            info = src.cmd("query-migrate")
-            timeline.sample(info)
-            if info["status"] in ("completed", "failed", "cancelled"):
-                break
-            if timeline.samples[-1]["t"] > timeout:
-                src.cmd("migrate_cancel")
-                raise LabError(f"{kind.label}: still {info['status']} after {timeout:g} s")
-            time.sleep(POLL_S)
-        if info["status"] != "completed":
-            raise LabError(f"{kind.label}: migration {info['status']}: "
-                           f"{info.get('error-desc', '')}")
-        # QEMU 7.2 (multifd) can say completed a moment before its times are
-        # filled in: the final answer is the first one that has them.
-        for _ in range(200):
-            if info.get("total-time") and "downtime" in info:
-                break
-            time.sleep(POLL_S)
-            info = src.cmd("query-migrate")
-        resumed = dst.wait_event("RESUME", timeout=60)
-        pause = (timeline.since_start(src.wait_event("STOP", timeout=10)),
-                 timeline.since_start(resumed))
-        return run_record(kind.label, Path(kind.binary).name, kind.accel, timeline, info, pause)
+        pair = _Pair(lab, kind, opts)
+        plan = SCENARIOS[scenario]
+        return _file_run(pair) if plan.flow == "file" else _live_run(pair, plan)
     finally:
         lab.close()
 
@@ -121,8 +358,12 @@ def table(scenario: str, kinds: list[VmmKind], runs: dict[str, list[dict[str, An
     for other in kinds[1:]:
         view.add_column(f"{kinds[0].label} / {other.label}", justify="right")
     for name, unit, measure in METRICS:
-        medians = [statistics.median(measure(r) for r in runs[k.label]) if runs[k.label]
-                   else None for k in kinds]
+        medians: list[float | None] = []
+        for kind in kinds:
+            values = [v for r in runs[kind.label] if (v := measure(r)) is not None]
+            medians.append(statistics.median(values) if values else None)
+        if all(m is None for m in medians):
+            continue            # a figure this scenario does not have
         cells = [f"{m:,.1f} {unit}".strip() if m is not None else "—" for m in medians]
         base = medians[0]
         for other in medians[1:]:
@@ -131,21 +372,15 @@ def table(scenario: str, kinds: list[VmmKind], runs: dict[str, list[dict[str, An
     return view
 
 
-def bench(scenario: str, vmms: list[str], accel: str = "tcg", runs: int = 3,
-          ram: str = "150M", bandwidth: int = 1_000_000_000, downtime: int = 300,
-          timeout: float = 300.0, json_path: Path | None = None,
-          console: Console | None = None,
+def bench(scenario: str, vmms: list[str], opts: Options | None = None, runs: int = 3,
+          json_path: Path | None = None, console: Console | None = None,
           run: Callable[..., dict[str, Any] | str] = one_run) -> int:
     console = console or Console()
-    if scenario in NOT_HERE:
-        console.print(f"[yellow]{scenario}: not run by livemig bench yet: "
-                      f"{NOT_HERE[scenario]}[/yellow]")
-        return 0
+    opts = opts or Options()
     if scenario not in SCENARIOS:
-        console.print(f"[red]unknown scenario {scenario} (known: "
-                      f"{', '.join([*SCENARIOS, *NOT_HERE])})[/red]")
+        console.print(f"[red]unknown scenario {scenario} (known: {', '.join(SCENARIOS)})[/red]")
         return 2
-    kinds = [vmm_kind(name, accel) for name in vmms]
+    kinds = [vmm_kind(name, opts.accel) for name in vmms]
     results: dict[str, list[dict[str, Any]]] = {k.label: [] for k in kinds}
     unsupported: dict[str, str] = {}
     with Progress(console=console, transient=True) as progress:
@@ -156,7 +391,7 @@ def bench(scenario: str, vmms: list[str], accel: str = "tcg", runs: int = 3,
                 if kind.label in unsupported:
                     progress.advance(task)
                     continue
-                outcome = run(kind, scenario, ram, bandwidth, downtime, timeout)
+                outcome = run(kind, scenario, opts)
                 if isinstance(outcome, str):
                     unsupported[kind.label] = outcome
                 else:
@@ -166,9 +401,7 @@ def bench(scenario: str, vmms: list[str], accel: str = "tcg", runs: int = 3,
         console.print(f"[yellow]{label}: {scenario} not supported: {why}[/yellow]")
     console.print(table(scenario, kinds, results))
     if json_path is not None:
-        options = {"accel": accel, "ram": ram, "bandwidth": bandwidth,
-                   "downtime-limit": downtime, "runs": runs}
-        write_results(json_path, scenario, options,
+        write_results(json_path, scenario, {**opts.as_json(), "runs": runs},
                       [r for k in kinds for r in results[k.label]])
         console.print(f"every run saved to {json_path}")
     return 0

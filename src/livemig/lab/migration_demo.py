@@ -25,7 +25,17 @@ from ..guest import AB_START
 from ..hmp_views import migrate_rows
 from .checks import check_ab_ram
 from .timeline import FORMAT, Timeline, run_record, write_results
-from .vmm import LIVEMIG_BINARY, LabError, Vm, VmLauncher, VmmKind, find_binary, wait_until
+from .vmm import (
+    LIVEMIG_BINARY,
+    LabError,
+    Vm,
+    VmLauncher,
+    VmmKind,
+    find_binary,
+    incoming_uri,
+    source_uri,
+    wait_until,
+)
 
 MiB = 1 << 20
 
@@ -52,20 +62,6 @@ def info_migrate(info: dict[str, Any]) -> Table:
     for key, value in migrate_rows(info):
         table.add_row(key, value)
     return table
-
-
-def _incoming_uri(lab: VmLauncher, transport: str) -> str:
-    if transport == "tcp":
-        return "tcp:127.0.0.1:0"
-    return f"unix:{lab.workdir / 'migration.sock'}"
-
-
-def _source_uri(dst: Vm, transport: str, incoming: str) -> str:
-    if transport != "tcp":
-        return incoming
-    address = wait_until(lambda: dst.cmd("query-migrate").get("socket-address"), 30,
-                         "the destination to listen")
-    return f"tcp:127.0.0.1:{address[0]['port']}"
 
 
 def _convergence_hint(ram: dict[str, Any], options: DemoOptions) -> str | None:
@@ -174,7 +170,7 @@ def migration_demo(options: DemoOptions, console: Console | None = None,
 def _steps(options: DemoOptions, console: Console, kind: VmmKind, lab: VmLauncher) -> int:
     """The demo itself (see migration_demo)."""
     try:
-        incoming = _incoming_uri(lab, options.transport)
+        incoming = incoming_uri(lab.workdir, options.transport)
         console.print(f"[bold]livemig live migration demo[/bold]: built-in guest, "
                       f"{options.ram} RAM, {options.accel}, {options.transport} transport")
         src = lab.start(kind, "source", ram=options.ram)
@@ -194,7 +190,7 @@ def _steps(options: DemoOptions, console: Console, kind: VmmKind, lab: VmLaunche
         src.cmd("migrate-set-parameters", **{"max-bandwidth": options.bandwidth,
                                              "downtime-limit": options.downtime_ms})
         timeline = Timeline()
-        src.cmd("migrate", uri=_source_uri(dst, options.transport, incoming))
+        src.cmd("migrate", uri=source_uri(dst, incoming))
         if options.postcopy:
             src.cmd("migrate-start-postcopy")  # switches at once, as QEMU does
         info = _watch(src, console, options, timeline)

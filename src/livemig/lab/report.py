@@ -2,8 +2,9 @@
 
 One column per VMM, side by side (its median run, when a file holds
 several): remaining RAM and throughput over time, each dirty-sync pass
-marked, the guest's pause shaded, status changes named; under each, the
-run's headline figures. matplotlib, with its
+marked, the guest's pause shaded, status changes named, and in postcopy
+the destination's block time as it grows; under each, the run's headline
+figures. matplotlib, with its
 non-interactive Agg backend (no display needed), imported only here.
 """
 
@@ -16,6 +17,13 @@ MiB = 1 << 20
 COLUMN_INCHES = 7.0
 HEIGHT_INCHES = 7.0
 DPI = 100   # 1 run: 1400 x 700 pixels; the issue asks for at least 1000 x 600
+
+
+# A scenario's own figures (lab/bench.py's run records): key, name, unit, scale.
+EXTRA_ROWS = (("blocktime-ms", "postcopy block time (dst)", "ms", 1),
+              ("paused-ms", "paused by the cut", "ms", 1),
+              ("restore-ms", "restore", "ms", 1),
+              ("file-bytes", "file size", "MiB", MiB))
 
 
 def _headlines(run: dict[str, Any]) -> list[tuple[str, str]]:
@@ -31,7 +39,48 @@ def _headlines(run: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("guest pause (STOP to RESUME)", f"{(resume - stop) * 1000:.1f} ms"))
     if ram.get("postcopy-requests"):
         rows.append(("postcopy requests", str(ram["postcopy-requests"])))
+    extra = run.get("extra", {})
+    for key, name, unit, scale in EXTRA_ROWS:
+        if key in extra:
+            rows.append((name, f"{extra[key] / scale:,.1f} {unit}"))
     return rows
+
+
+def _blocked(run: dict[str, Any]) -> list[tuple[float, float]]:
+    """(seconds, the destination's postcopy block time in ms) samples."""
+    return [(s["t"], s["postcopy-blocktime"]) for s in run["timeline"]
+            if "postcopy-blocktime" in s]
+
+
+def _draw_block_time(ax: Any, run: dict[str, Any], main: Any) -> None:
+    """Postcopy: the destination's block time as it grows, under the main plot."""
+    blocked = _blocked(run)
+    if blocked:
+        ax.step([b[0] for b in blocked], [b[1] for b in blocked], where="post",
+                color="tab:purple", marker=".")   # a VMM may report it once, at the end
+    else:
+        ax.text(0.5, 0.5, "no postcopy block time", transform=ax.transAxes, ha="center",
+                va="center", color="grey")
+    ax.sharex(main)
+    ax.set_ylabel("block time, dst (ms)", color="tab:purple")
+    ax.set_xlabel("seconds since migrate")
+    ax.grid(alpha=0.3)
+
+
+def _options_title(results: dict[str, Any]) -> str:
+    """The run's settings, short: a workload guest by its knobs, wrapped."""
+    import textwrap
+
+    parts = []
+    for key, value in results.get("options", {}).items():
+        if isinstance(value, dict) and "dirty" in value:
+            d = value["dirty"]
+            value = (f"dirty {d.get('wss_mib')} MiB {d.get('pattern')} "
+                     f"{d.get('rate') or 'max'} MiB/s")
+        elif isinstance(value, (dict, list, tuple)) and not value:
+            continue
+        parts.append(f"{key}={value}")
+    return textwrap.fill(f"livemig {results.get('scenario', 'run')}: " + ", ".join(parts), 150)
 
 
 def _draw_run(ax: Any, table_ax: Any, run: dict[str, Any]) -> None:
@@ -96,13 +145,16 @@ def draw(results: dict[str, Any], png: Path) -> None:
 
     runs = per_vmm(results["runs"])
     width = COLUMN_INCHES * max(len(runs), 2)   # one run gets two columns' width
-    figure, axes = plt.subplots(2, len(runs), squeeze=False, figsize=(width, HEIGHT_INCHES),
-                                gridspec_kw={"height_ratios": [3, 1]})
+    postcopy = any(_blocked(run) for run in runs)
+    ratios = [3, 1.2, 1] if postcopy else [3, 1]
+    figure, axes = plt.subplots(len(ratios), len(runs), squeeze=False,
+                                figsize=(width, HEIGHT_INCHES + (2 if postcopy else 0)),
+                                gridspec_kw={"height_ratios": ratios})
     for column, run in enumerate(runs):
-        _draw_run(axes[0][column], axes[1][column], run)
-    figure.suptitle(f"livemig {results.get('scenario', 'run')}: "
-                    + ", ".join(f"{k}={v}" for k, v in results.get("options", {}).items()),
-                    fontsize=10)
+        _draw_run(axes[0][column], axes[-1][column], run)
+        if postcopy:
+            _draw_block_time(axes[1][column], run, axes[0][column])
+    figure.suptitle(_options_title(results), fontsize=10)
     figure.tight_layout()
     figure.savefig(png, dpi=DPI)
     plt.close(figure)

@@ -5,9 +5,12 @@ answer, and the guest's pause, saved as JSON (``livemig demo --json``) for
 The file holds ``{"format": FORMAT, "scenario": …, "options": {…},
 "runs": [RUN…]}``; a RUN is ``{"label", "vmm", "accel", "timeline":
 [SAMPLE…], "result": <the last query-migrate>, "pause": [stop_s, resume_s]
-or null}``; a SAMPLE is the seconds since ``migrate`` (``t``) and the
-figures of query-migrate listed in :data:`FIELDS`. Several runs (one per
-VMM, say) sit side by side in one file.
+or null, "extra": {figure: value}}`` (``extra``: a scenario's own figures,
+such as a file's restore time); a SAMPLE is the seconds since ``migrate``
+(``t``), the figures of the source's query-migrate listed in
+:data:`FIELDS`, and where the destination was polled too, those of its
+answer listed in :data:`DST_FIELDS` (postcopy's block time). Several runs
+(one per VMM, say) sit side by side in one file.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ FORMAT = "livemig-runs/1"
 FIELDS = (("status", None), ("transferred", "ram"), ("remaining", "ram"), ("mbps", "ram"),
           ("dirty-pages-rate", "ram"), ("dirty-sync-count", "ram"),
           ("cpu-throttle-percentage", None))
+# The destination's figures a sample keeps (its query-migrate, top level).
+DST_FIELDS = ("postcopy-blocktime",)
 
 
 class Timeline:
@@ -32,15 +37,22 @@ class Timeline:
         self.started_wall = time.time()   # QMP event timestamps are wall-clock
         self.samples: list[dict[str, Any]] = []
 
-    def sample(self, info: dict[str, Any]) -> None:
+    def sample(self, info: dict[str, Any], dst: dict[str, Any] | None = None) -> None:
+        """Keep one source answer, and ``dst``, the destination's, if polled."""
         ram = info.get("ram", {})
-        entry: dict[str, Any] = {"t": round(time.monotonic() - self.started, 4)}
+        entry: dict[str, Any] = {"t": self.elapsed()}
         for key, where in FIELDS:
             value = (ram if where == "ram" else info).get(key)
             if value is not None:
                 entry[key] = value
         entry.setdefault("status", "none")
+        for key in DST_FIELDS:
+            if dst is not None and dst.get(key) is not None:
+                entry[key] = dst[key]
         self.samples.append(entry)
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 4)
 
     def since_start(self, event: dict[str, Any]) -> float:
         """A QMP event's time, in seconds since the timeline began."""
@@ -49,9 +61,11 @@ class Timeline:
 
 
 def run_record(label: str, vmm: str, accel: str, timeline: Timeline, result: dict[str, Any],
-               pause: tuple[float, float] | None) -> dict[str, Any]:
+               pause: tuple[float, float] | None,
+               extra: dict[str, float] | None = None) -> dict[str, Any]:
     return {"label": label, "vmm": vmm, "accel": accel, "timeline": timeline.samples,
-            "result": result, "pause": list(pause) if pause is not None else None}
+            "result": result, "pause": list(pause) if pause is not None else None,
+            "extra": extra or {}}
 
 
 def write_results(path: Path, scenario: str, options: dict[str, Any],

@@ -234,6 +234,27 @@ class Vm:
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
+def incoming_uri(workdir: Path, transport: str, name: str = "migration") -> str:
+    """What a destination listens on: a unix socket in ``workdir``, or TCP
+    on a port the destination picks itself (:func:`source_uri` reads it)."""
+    if transport == "tcp":
+        return "tcp:127.0.0.1:0"
+    if transport == "unix":
+        return f"unix:{workdir / (name + '.sock')}"
+    raise LabError(f"unknown transport {transport} (unix or tcp)")
+
+
+def source_uri(dst: Vm, incoming: str) -> str:
+    """Where a source migrates to reach ``dst`` listening on ``incoming``:
+    for TCP port 0, the port it bound (query-migrate's socket-address, on
+    livemig and QEMU alike)."""
+    if not (incoming.startswith("tcp:") and incoming.endswith(":0")):
+        return incoming
+    address = wait_until(lambda: dst.cmd("query-migrate").get("socket-address"), 30,
+                         "the destination to listen")
+    return f"tcp:127.0.0.1:{address[0]['port']}"
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: SIGKILL it when the process that started it
     dies, so a lab killed before its cleanup leaves no VM running. (The
