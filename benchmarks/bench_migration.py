@@ -1,12 +1,17 @@
 """Precopy migration, livemig against QEMU on the same guest.
 
     python benchmarks/bench_migration.py [--runs N] [--accel tcg kvm] [--idle-ram 2G]
+        [--prealloc]
 
 1. The built-in guest (running), 150 MiB RAM, unix socket, max-bandwidth
-   above what the link can do, default downtime-limit (300 ms): medians of
-   total-time, downtime, setup-time, ram.transferred and mbps.
+   above what the link can do, default downtime-limit (300 ms): the bench
+   engine's precopy scenario (``livemig bench precopy``,
+   src/livemig/lab/bench.py), which checks the destination's RAM after each
+   run. Its mbps is the whole migration's on both VMMs (bytes over
+   total-time less setup-time).
 2. An idle guest (never started, -S) whose RAM is all non-zero (filled with
-   qtest ``memset``), for raw throughput: MB/s = transferred / total-time.
+   qtest ``memset``, which the engine does not do), for raw throughput:
+   MB/s = transferred / total-time.
 ``--prealloc`` starts every destination (both VMMs, both parts) with
 ``-mem-prealloc``.
 
@@ -21,15 +26,14 @@ from common import (
     accelerators,
     alternate,
     arguments,
-    compare,
     console,
+    engine_vmms,
     kinds,
     report,
-    start_pair,
 )
 
 from livemig.lab import QtestClient, VmLauncher, VmmKind, qtest_listener, wait_until
-from livemig.lab.checks import check_ab_ram
+from livemig.lab.bench import Options, bench
 
 LINK_PLUS = 100_000_000_000  # bytes/s: "higher than the link"
 
@@ -46,23 +50,6 @@ def _migrate(src, dst, uri: str) -> dict:  # type: ignore[no-untyped-def, type-a
     wait_until(lambda: dst.cmd("query-migrate").get("status") == "completed", 120,
                "the destination")
     return info
-
-
-def running_guest(kind: VmmKind, lab: VmLauncher, prealloc: bool = False) -> dict[str, float]:
-    src, dst, uri = start_pair(lab, kind, "precopy", ["-mem-prealloc"] if prealloc else None)
-    try:
-        src.wait_serial(b"B", timeout=300)
-        info = _migrate(src, dst, uri)
-        dst.cmd("stop")
-        if not check_ab_ram(dst).ok:
-            raise SystemExit(f"{kind.label}: destination RAM inconsistent")
-        ram = info["ram"]
-        return {"total-time": info["total-time"], "downtime": info["downtime"],
-                "setup-time": info["setup-time"], "transferred": ram["transferred"] / 2**20,
-                "mbps": ram["mbps"]}
-    finally:
-        src.kill()
-        dst.kill()
 
 
 def idle_guest(kind: VmmKind, lab: VmLauncher, ram: str, size: int,
@@ -101,15 +88,15 @@ def main() -> None:
                              "otherwise caps what any destination can take)")
     args = parser.parse_args()
     lab = VmLauncher()
-    units = {"total-time": "ms", "downtime": "ms", "setup-time": "ms", "transferred": "MiB",
-             "mbps": "Mb/s"}
     try:
         for accel in accelerators(args.accel) if args.runs > 0 else []:
-            a, b = compare(args.runs, accel,
-                           lambda kind: running_guest(kind, lab, args.prealloc))
             where = ", destinations with -mem-prealloc" if args.prealloc else ""
-            report(f"precopy, running built-in guest, 150 MiB, unix ({accel}{where})", a, b,
-                   units)
+            console.print(f"[bold]precopy, running built-in guest, 150 MiB, unix "
+                          f"({accel}{where})[/bold]")
+            bench("precopy", engine_vmms(), Options(
+                accel=accel, bandwidth=LINK_PLUS,
+                dst_args=("-mem-prealloc",) if args.prealloc else ()), runs=args.runs,
+                console=console)
         if args.idle_runs <= 0:
             return
         ours, theirs = kinds("tcg")

@@ -14,12 +14,9 @@ from livemig.lab import (
     LIVEMIG_BINARY,
     QEMU_BINARY,
     QtestClient,
-    Vm,
-    VmLauncher,
     VmmKind,
     find_binary,
     kvm_usable,
-    wait_until,
 )
 
 console = Console()
@@ -31,17 +28,6 @@ def arguments(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--accel", nargs="+", default=["tcg", "kvm"])
     return parser
-
-
-def start_pair(lab: VmLauncher, kind: VmmKind, name: str,
-               dst_extra: list[str] | None = None) -> tuple[Vm, Vm, str]:
-    """A booting source and a destination waiting on a unix socket."""
-    socket_path = lab.workdir / f"{name}.sock"
-    uri = f"unix:{socket_path}"
-    src = lab.start(kind, f"{name}-src")
-    dst = lab.start(kind, f"{name}-dst", extra=["-incoming", uri, *(dst_extra or [])])
-    wait_until(socket_path.exists, 30, "the destination socket")
-    return src, dst, uri
 
 
 def fill_over_qtest(listener: socket.socket, kind: VmmKind, size: int) -> QtestClient:
@@ -65,6 +51,12 @@ def kinds(accel: str) -> tuple[VmmKind, VmmKind | None]:
     qemu = find_binary(QEMU_BINARY)
     return (VmmKind(f"livemig-{accel}", livemig, accel),
             VmmKind(f"qemu-{accel}", qemu, accel) if qemu else None)
+
+
+def engine_vmms() -> list[str]:
+    """The ``--vmm`` list for the bench engine (lab/bench.py): livemig, then
+    QEMU where installed."""
+    return ["livemig", *(["qemu-system-x86_64"] if find_binary(QEMU_BINARY) else [])]
 
 
 def accelerators(requested: list[str]) -> list[str]:

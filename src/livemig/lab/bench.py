@@ -117,6 +117,8 @@ METRICS: tuple[tuple[str, str, Callable[[dict[str, Any]], float | None]], ...] =
     ("setup-time", "ms", lambda r: r["result"].get("setup-time")),
     ("throughput", "Mb/s", lambda r: r["result"].get("ram", {}).get("mbps")),
     ("postcopy block time", "ms", _extra("blocktime-ms")),
+    ("postcopy requests", "", lambda r: r["result"].get("ram", {}).get("postcopy-requests")
+     if "blocktime-ms" in r.get("extra", {}) else None),
     ("paused by the cut", "ms", _extra("paused-ms")),
     ("switch to completed", "ms", _extra("postcopy-ms")),
     ("fault latency mean", "us", _extra("fault-mean-us")),
