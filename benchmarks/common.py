@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 from collections.abc import Callable
 
@@ -13,7 +12,6 @@ from rich.table import Table
 from livemig.lab import (
     LIVEMIG_BINARY,
     QEMU_BINARY,
-    QtestClient,
     VmmKind,
     find_binary,
     kvm_usable,
@@ -28,19 +26,6 @@ def arguments(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--accel", nargs="+", default=["tcg", "kvm"])
     return parser
-
-
-def fill_over_qtest(listener: socket.socket, kind: VmmKind, size: int) -> QtestClient:
-    """Take the qtest connection of a VM started with ``-qtest`` on
-    ``listener`` and fill [0, size) of its RAM with 0x5a; the caller closes
-    the client once done with the VM."""
-    listener.settimeout(60)
-    conn, _ = listener.accept()
-    qtest = QtestClient(conn)
-    if (answer := qtest.command(f"memset 0 {size} 0x5a")) != "OK":
-        qtest.close()
-        raise SystemExit(f"{kind.label}: qtest memset: {answer}")
-    return qtest
 
 
 def kinds(accel: str) -> tuple[VmmKind, VmmKind | None]:

@@ -55,9 +55,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                                 write_bytes=args.write)
         opts = Options(accel=args.accel, ram=args.ram, bandwidth=args.bandwidth,
                        downtime=args.downtime, timeout=args.timeout, transport=args.transport,
-                       guest=guest, caps=tuple(args.cap or ()),
+                       guest=guest, filled=args.guest == "filled", caps=tuple(args.cap or ()),
                        params=tuple(args.param or ()), dst_args=tuple(args.dst_arg or ()),
-                       switch=args.switch)
+                       switch=args.switch, link_rate=args.link_rate or 0, tls=args.tls)
         return bench(args.scenario, args.vmm or ["livemig"], opts, runs=args.runs,
                      json_path=args.json)
     except ValueError as err:
@@ -216,9 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default livemig)")
     bench.add_argument("--runs", type=int, default=3)
     _migration_knobs(bench)
-    bench.add_argument("--guest", default="ab", choices=["ab", "dirty"],
-                       help="the built-in guest (default) or a workload guest with the "
-                            "knobs below")
+    bench.add_argument("--guest", default="ab", choices=["ab", "dirty", "filled"],
+                       help="the built-in guest (default), a workload guest with the knobs "
+                            "below, or filled: a guest that never runs, its RAM all non-zero "
+                            "(written over qtest), for raw throughput")
     bench.add_argument("--wss", type=int, default=64, help="dirty: working set, MiB (64)")
     bench.add_argument("--rate", default="max", help="dirty: MiB/s dirtied, or max (default)")
     bench.add_argument("--pattern", choices=["sequential", "random", "hotcold"],
@@ -227,10 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cap", action="append", metavar="NAME",
                        help="one more capability on both sides (repeat)")
     bench.add_argument("--param", action="append", type=_param, metavar="NAME=VALUE",
-                       help="one more migrate-set-parameters member on the source (repeat)")
+                       help="one more migrate-set-parameters member, both sides (repeat)")
     bench.add_argument("--dst-arg", action="append", metavar="ARG",
                        help="one more command-line argument for the destination, e.g. "
                             "--dst-arg=-mem-prealloc (repeat)")
+    bench.add_argument("--link-rate", type=_bandwidth, metavar="B/s",
+                       help="migrate through a relay held to this rate (QEMU's size syntax), "
+                            "which counts the bytes that really cross it (tcp)")
+    bench.add_argument("--tls", action="store_true",
+                       help="TLS on the migration, x509 credentials made for each run (tcp)")
     bench.add_argument("--switch", default="now", choices=["now", "after-first-pass"],
                        help="postcopy and recovery: when to migrate-start-postcopy "
                             "(default now)")

@@ -2,14 +2,16 @@
 several QEMU-compatible VMMs, in turn, over their command line and QMP only.
 
 Each run starts a source and a destination of one VMM on the chosen guest
-(the built-in one, or a workload guest with its knobs), waits for the
-guest to run, migrates it over the chosen transport with the scenario's
-capabilities, samples query-migrate every 10 ms (lab/timeline.py; the
-destination's too in postcopy, for its block time) and records the final
-answer and the guest's pause (the source's STOP to the destination's
-RESUME). VMMs alternate run by run. A table gives each VMM's medians and
-the first VMM's ratios to the others; ``--json`` keeps every run for
-``livemig report``.
+(the built-in one; a workload guest with its knobs; or ``filled``, a guest
+that never runs, its RAM all non-zero, written over qtest, for raw
+throughput), waits for the guest to run, migrates it over the chosen
+transport (optionally TLS, optionally through a relay held to a rate that
+counts what crosses it) with the scenario's capabilities, samples
+query-migrate every 10 ms (lab/timeline.py; the destination's too in
+postcopy, for its block time) and records the final answer and the guest's
+pause (the source's STOP to the destination's RESUME). VMMs alternate run
+by run. A table gives each VMM's medians and the first VMM's ratios to the
+others; ``--json`` keeps every run for ``livemig report``.
 
 Scenarios: ``precopy``, ``multifd``, ``auto-converge``; ``postcopy``
 (switched at once, or after the first pass); ``recovery`` (postcopy over TCP through a relay that
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -34,6 +37,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..guest.dirty import DirtyParams, image
+from .certs import x509_dirs
 from .checks import check_ab_ram, check_dirty_ram
 from .link import Link
 from .timeline import Timeline, run_record, write_results
@@ -41,11 +45,13 @@ from .vmm import (
     LIVEMIG_BINARY,
     QEMU_BINARY,
     LabError,
+    QtestClient,
     Vm,
     VmLauncher,
     VmmKind,
     find_binary,
     incoming_uri,
+    qtest_listener,
     source_uri,
     wait_until,
 )
@@ -68,12 +74,21 @@ class Options(NamedTuple):
     bandwidth: int = 1_000_000_000      # max-bandwidth, bytes/s
     downtime: int = 300                 # downtime-limit, ms
     timeout: float = 300.0
-    transport: str = "unix"             # unix or tcp (recovery: always tcp)
+    transport: str = "unix"             # unix or tcp (recovery, TLS, a link rate: tcp)
     guest: DirtyParams | None = None    # None: the built-in guest
+    filled: bool = False                # a guest that never runs, RAM all 0x5a (qtest)
     caps: tuple[str, ...] = ()          # more capabilities, on both sides
-    params: tuple[tuple[str, Any], ...] = ()   # more migrate-set-parameters, source
+    params: tuple[tuple[str, Any], ...] = ()   # more migrate-set-parameters, both sides
     dst_args: tuple[str, ...] = ()      # more command-line arguments, destination
     switch: str = "now"                 # postcopy: "now" or "after-first-pass"
+    link_rate: int = 0                  # bytes/s of a relay in between (0: none)
+    tls: bool = False                   # TLS with x509 credentials made for the run
+    poll_s: float = POLL_S              # query-migrate every this often (GIL time for livemig)
+    save_dir: str | None = None         # file: the folder of the saved image (lab's own)
+
+    @property
+    def over_tcp(self) -> bool:
+        return self.transport == "tcp" or self.tls or self.link_rate > 0
 
     def as_json(self) -> dict[str, Any]:
         out = self._asdict()
@@ -99,6 +114,14 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+def _peak(key: str, scale: float = 1.0) -> Callable[[dict[str, Any]], float | None]:
+    """The highest value of a timeline series (None: never reported)."""
+    def measure(run: dict[str, Any]) -> float | None:
+        values = [s[key] for s in run["timeline"] if s.get(key) is not None]
+        return max(values) / scale if values else None
+    return measure
+
+
 def _extra(key: str, scale: float = 1.0) -> Callable[[dict[str, Any]], float | None]:
     def measure(run: dict[str, Any]) -> float | None:
         value = run.get("extra", {}).get(key)
@@ -116,6 +139,10 @@ METRICS: tuple[tuple[str, str, Callable[[dict[str, Any]], float | None]], ...] =
     ("passes", "", lambda r: r["result"].get("ram", {}).get("dirty-sync-count", 0)),
     ("setup-time", "ms", lambda r: r["result"].get("setup-time")),
     ("throughput", "Mb/s", lambda r: r["result"].get("ram", {}).get("mbps")),
+    ("RAM moved per second", "GB/s", _extra("ram-bytes-per-s", 1e9)),
+    ("bytes on the link", "MB", _extra("link-bytes", 1e6)),
+    ("peak throttle", "%", _peak("cpu-throttle-percentage")),
+    ("peak dirty-limit sleep", "ms", _peak("dirty-limit-throttle-time-per-round", 1000)),
     ("postcopy block time", "ms", _extra("blocktime-ms")),
     ("postcopy requests", "", lambda r: r["result"].get("ram", {}).get("postcopy-requests")
      if "blocktime-ms" in r.get("extra", {}) else None),
@@ -157,32 +184,91 @@ def _has_file_uri(vm: Vm) -> bool:
             or int(version.get("qemu", {}).get("major", 0)) >= 9)
 
 
+FILL = 0x5a   # a filled guest's every byte
+
+
 class _Pair:
-    """A source (and, but for ``file``, a destination) on the chosen guest."""
+    """A source (and, but for ``file``, a destination) on the chosen guest,
+    with TLS credentials if asked for."""
 
     def __init__(self, lab: VmLauncher, kind: VmmKind, opts: Options) -> None:
         self.lab, self.kind, self.opts = lab, kind, opts
         self.image: Path | None = None
+        self.ram_bytes = 0
+        self._qtest: QtestClient | None = None
         if opts.guest is not None:
             self.image = lab.workdir / "dirty.img"
             self.image.write_bytes(image(opts.guest))
+        self.tls: tuple[Path, Path] | None = None
+        if opts.tls:
+            self.tls = x509_dirs(lab.workdir / "pki")
+
+    def _objects(self, endpoint: str) -> list[str]:
+        if self.tls is None:
+            return []
+        folder = self.tls[0] if endpoint == "server" else self.tls[1]
+        return ["-object", f"tls-creds-x509,id=tls0,endpoint={endpoint},dir={folder}"]
 
     def start(self, name: str, extra: list[str] | None = None) -> Vm:
-        return self.lab.start(self.kind, name, ram=self.opts.ram, image=self.image, extra=extra)
+        """The source (``src``), or a destination; a filled source is
+        stopped (-S) with a qtest connection that fills its RAM."""
+        args = [*self._objects("client" if name == "src" else "server"), *(extra or [])]
+        if self.opts.filled and name == "src":
+            path = self.lab.workdir / "fill.qtest"
+            listener = qtest_listener(path)
+            vm = self.lab.start(self.kind, name, ram=self.opts.ram, boot=False,
+                                extra=["-S", "-qtest", f"unix:{path}", *args])
+            listener.settimeout(60)
+            self._qtest = QtestClient(listener.accept()[0])
+            listener.close()
+            self.ram_bytes = int(vm.cmd("query-memory-size-summary")["base-memory"])
+            if (answer := self._qtest.command(f"memset 0 {self.ram_bytes} {FILL:#x}")) != "OK":
+                raise LabError(f"{self.kind.label}: qtest memset: {answer}")
+            return vm
+        return self.lab.start(self.kind, name, ram=self.opts.ram, image=self.image,
+                              boot=not self.opts.filled, extra=args)
+
+    def configure(self, vm: Vm, caps: tuple[str, ...], source: bool) -> None:
+        """Capabilities and parameters, the same on both sides (multifd's
+        channels and compression must match), TLS's credentials; the
+        source's rate and downtime limits."""
+        _set_caps(vm, ("events", *caps) if source else caps)
+        params = dict(self.opts.params)
+        if self.tls is not None:
+            params["tls-creds"] = "tls0"
+            if source:
+                params["tls-hostname"] = "localhost"
+        if source:
+            params.update({"max-bandwidth": self.opts.bandwidth,
+                           "downtime-limit": self.opts.downtime})
+        if params:
+            vm.cmd("migrate-set-parameters", **params)
+
+    def wait_running(self, vm: Vm) -> None:
+        """The built-in guest has swept its RAM once, a workload guest has
+        written its set once ('B' both); a filled guest never runs."""
+        if not self.opts.filled:
+            vm.wait_serial(b"B", timeout=120 if self.kind.accel == "tcg" else 300)
 
     def check(self, dst: Vm) -> None:
         """Stop the destination and check its RAM against the guest's invariant."""
+        if self._qtest is not None:
+            self._qtest.close()
+            self._qtest = None
         dst.cmd("stop")
+        if self.opts.filled:
+            page = bytes([FILL]) * 4096
+            wrong = [a for a in (0, self.ram_bytes // 2, self.ram_bytes - 4096)
+                     if dst.pmem(a, 4096) != page]
+            if wrong:
+                raise LabError(f"{self.kind.label}: the destination's RAM is wrong at "
+                               f"{', '.join(hex(a) for a in wrong)}")
+            return
         check = check_ab_ram(dst) if self.opts.guest is None else check_dirty_ram(dst)
         if not check.ok:
             raise LabError(f"{self.kind.label}: the destination's RAM is wrong: "
                            f"{check.describe()}")
 
-    def wait_running(self, vm: Vm) -> None:
-        """The built-in guest has swept its RAM once ('B'); a workload guest
-        has zeroed its set and writes ('A')."""
-        vm.wait_serial(b"A" if self.opts.guest else b"B",
-                       timeout=120 if self.kind.accel == "tcg" else 300)
 
 
 Step = Callable[[dict[str, Any], dict[str, Any] | None, float], None]
@@ -202,7 +288,7 @@ def _follow(src: Vm, dst: Vm | None, timeline: Timeline, opts: Options, label: s
         if timeline.samples[-1]["t"] > opts.timeout:
             src.cmd("migrate_cancel")
             raise LabError(f"{label}: still {info['status']} after {opts.timeout:g} s")
-        time.sleep(POLL_S)
+        time.sleep(opts.poll_s)
     if info["status"] != "completed":
         raise LabError(f"{label}: migration {info['status']}: {info.get('error-desc', '')}")
     # QEMU 7.2 (multifd) can say completed a moment before its times are
@@ -257,18 +343,22 @@ def _live_run(pair: _Pair, scenario: Scenario) -> dict[str, Any] | str:
     kind, opts = pair.kind, pair.opts
     postcopy = scenario.flow in ("postcopy", "recovery")
     incoming = incoming_uri(pair.lab.workdir, "tcp" if scenario.flow == "recovery"
-                            else opts.transport)
+                            or opts.over_tcp else opts.transport)
     src = pair.start("src")
-    dst = pair.start("dst", extra=["-incoming", incoming, *opts.dst_args])
+    # The destination listens once it is configured (TLS's credentials).
+    dst = pair.start("dst", extra=["-incoming", "defer", *opts.dst_args])
     src_caps, dst_caps = (*scenario.src_caps, *opts.caps), (*scenario.dst_caps, *opts.caps)
     why = _supports(src, src_caps) or _supports(dst, dst_caps)
     if why is not None:
         return why
-    _set_caps(dst, dst_caps)
-    _set_caps(src, ("events", *src_caps))
-    src.cmd("migrate-set-parameters", **{"max-bandwidth": opts.bandwidth,
-                                         "downtime-limit": opts.downtime, **dict(opts.params)})
+    pair.configure(dst, dst_caps, source=False)
+    pair.configure(src, src_caps, source=True)
+    dst.cmd("migrate-incoming", uri=incoming)
     uri = source_uri(dst, incoming)
+    relay: Link | None = None
+    if opts.link_rate:
+        relay = Link(int(uri.rsplit(":", 1)[1]), rate=opts.link_rate)
+        uri = relay.uri
     recovery: _Recovery | None = None
     if scenario.flow == "recovery":
         link = Link(int(uri.rsplit(":", 1)[1]))
@@ -293,10 +383,19 @@ def _live_run(pair: _Pair, scenario: Scenario) -> dict[str, Any] | str:
             if recovery is not None:
                 recovery(info, dinfo, t)
     info = _follow(src, dst if postcopy else None, timeline, opts, kind.label, step)
-    resumed = dst.wait_event("RESUME", timeout=60)
-    pause = (timeline.since_start(src.wait_event("STOP", timeout=10)),
-             timeline.since_start(resumed))
+    pause = None
     extra: dict[str, float] = {}
+    if opts.filled:   # a guest that never ran neither stops nor resumes
+        wait_until(lambda: dst.cmd("query-migrate").get("status") == "completed", 60,
+                   "the destination to complete")
+        extra["ram-bytes-per-s"] = pair.ram_bytes * 1000 / max(info.get("total-time", 0), 1)
+    else:
+        resumed = dst.wait_event("RESUME", timeout=60)
+        pause = (timeline.since_start(src.wait_event("STOP", timeout=10)),
+                 timeline.since_start(resumed))
+    if relay is not None:
+        extra["link-bytes"] = float(relay.bytes_forward())
+        relay.close()
     if postcopy:
         done = wait_until(lambda: (d := dst.cmd("query-migrate"))["status"] == "completed"
                           and d, 60, "the destination to complete")
@@ -314,31 +413,40 @@ def _live_run(pair: _Pair, scenario: Scenario) -> dict[str, Any] | str:
                       extra)
 
 
-def _file_run(pair: _Pair) -> dict[str, Any]:
+def _file_run(pair: _Pair) -> dict[str, Any] | str:
     """Save to a file, then restore into a fresh process: the restore's
     time is from starting that process to its migration's completion."""
     kind, opts = pair.kind, pair.opts
-    saved = pair.lab.workdir / "saved.mig"
-    src = pair.start("src")
-    has_file = _has_file_uri(src)
-    src.cmd("migrate-set-parameters", **{"max-bandwidth": opts.bandwidth,
-                                         "downtime-limit": opts.downtime})
-    pair.wait_running(src)
-    timeline = Timeline()
-    src.cmd("migrate", uri=f"file:{saved}" if has_file else f"exec:cat > {saved}")
-    info = _follow(src, None, timeline, opts, kind.label)
-    src.quit()
-    started = time.perf_counter()
-    dst = pair.start("dst", extra=["-incoming", f"file:{saved}" if has_file
-                                   else f"exec:cat {saved}"])
-    wait_until(lambda: dst.cmd("query-migrate").get("status") == "completed", opts.timeout,
-               "the restore", interval=0.02)
-    restored = time.perf_counter() - started
-    pair.check(dst)
-    extra = {"restore-ms": restored * 1000,
-             "file-bytes": float(saved.stat().st_size)}
-    return run_record(kind.label, Path(kind.binary).name, kind.accel, timeline, info, None,
-                      extra)
+    folder = Path(opts.save_dir) if opts.save_dir else pair.lab.workdir
+    saved = folder / f"livemig-bench-{uuid.uuid4().hex}.mig"
+    try:
+        src = pair.start("src")
+        has_file = _has_file_uri(src)
+        if (why := _supports(src, opts.caps)) is not None:
+            return why
+        pair.configure(src, opts.caps, source=True)
+        pair.wait_running(src)
+        timeline = Timeline()
+        src.cmd("migrate", uri=f"file:{saved}" if has_file else f"exec:cat > {saved}")
+        info = _follow(src, None, timeline, opts, kind.label)
+        if pair.opts.filled:
+            pair.check(src)   # what was saved (it closes the qtest connection)
+        src.quit()
+        started = time.perf_counter()
+        # The destination is configured before it reads (mapped-ram, multifd).
+        dst = pair.start("dst", extra=["-incoming", "defer"])
+        pair.configure(dst, opts.caps, source=False)
+        dst.cmd("migrate-incoming", uri=f"file:{saved}" if has_file else f"exec:cat {saved}")
+        wait_until(lambda: dst.cmd("query-migrate").get("status") == "completed", opts.timeout,
+                   "the restore", interval=0.02)
+        restored = time.perf_counter() - started
+        pair.check(dst)
+        extra = {"restore-ms": restored * 1000,
+                 "file-bytes": float(saved.stat().st_size)}
+        return run_record(kind.label, Path(kind.binary).name, kind.accel, timeline, info, None,
+                          extra)
+    finally:
+        saved.unlink(missing_ok=True)   # a saved image may be GiBs in /dev/shm
 
 
 def one_run(kind: VmmKind, scenario: str, opts: Options) -> dict[str, Any] | str:

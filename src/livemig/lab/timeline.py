@@ -24,7 +24,7 @@ FORMAT = "livemig-runs/1"
 # (sample key, where it is in query-migrate: top level or under "ram")
 FIELDS = (("status", None), ("transferred", "ram"), ("remaining", "ram"), ("mbps", "ram"),
           ("dirty-pages-rate", "ram"), ("dirty-sync-count", "ram"),
-          ("cpu-throttle-percentage", None))
+          ("cpu-throttle-percentage", None), ("dirty-limit-throttle-time-per-round", None))
 # The destination's figures a sample keeps (its query-migrate, top level).
 DST_FIELDS = ("postcopy-blocktime",)
 
