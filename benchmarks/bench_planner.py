@@ -52,7 +52,7 @@ def extra_syncs(completed: bool) -> int:
 
 
 def one(kind: VmmKind, rate: float | None, link: int, downtime: int,
-        timeout: float, fresh: bool = False) -> dict[str, Any]:
+        timeout: float, fresh: bool = False, gap: float = 0.0) -> dict[str, Any]:
     lab = VmLauncher()
     try:
         # A dword stamp a page: a one-byte stamp repeats every 256 laps, which
@@ -72,6 +72,7 @@ def one(kind: VmmKind, rate: float | None, link: int, downtime: int,
         plan = planner.plan(measured, planner.settings_of(measured, horizon_s=timeout),
                             policy="qemu")
         predicted = plan.predictions[0]
+        time.sleep(gap)  # the experiment's knob: how long after planning it migrates
         src.cmd("migrate", uri=f"unix:{sock}")
         start = time.monotonic()
         while True:
@@ -208,6 +209,8 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true",
                         help="plan right after the guest's boot, while it still writes its "
                              "set for the first time (the growth term's case)")
+    parser.add_argument("--gap", type=float, default=0.0,
+                        help="seconds between planning and migrating (default 0: at once)")
     parser.add_argument("--replay", type=Path, metavar="FILE",
                         help="predict a saved run (--json) again; start no VM")
     args = parser.parse_args()
@@ -223,7 +226,8 @@ def main() -> None:
             for rate in args.rates:
                 for kind in chosen:
                     r = one(kind, None if rate == "max" else float(rate),
-                            int(args.link * 1e6), args.downtime, args.timeout, args.fresh)
+                            int(args.link * 1e6), args.downtime, args.timeout, args.fresh,
+                            args.gap)
                     console.print(f"{r['vmm']} {rate}: predicted {r['predicted']}, "
                                   f"measured {r['measured']}")
                     results.append(r)
