@@ -65,15 +65,21 @@ def _runs_of(path: Path) -> list[dict[str, Any]]:
     return runs
 
 
+def _on_both(tmp_path: Path, scenario: str, opts: Options | None = None
+             ) -> tuple[str, list[dict[str, Any]]]:
+    """One run of ``scenario`` on livemig and QEMU: what it printed, and the runs."""
+    out = tmp_path / f"{scenario}.json"
+    console = Console(record=True, width=140)
+    assert bench(scenario, ["livemig", "qemu-system-x86_64"], opts, runs=1, json_path=out,
+                 console=console) == 0
+    return console.export_text(), _runs_of(out)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(LIVEMIG is None or QEMU is None, reason="needs livemig and QEMU")
 def test_bench_recovery_cuts_the_link_and_both_vmms_recover(tmp_path: Path) -> None:
-    out = tmp_path / "recovery.json"
-    console = Console(record=True, width=140)
-    assert bench("recovery", ["livemig", "qemu-system-x86_64"], runs=1, json_path=out,
-                 console=console) == 0
-    assert "paused by the cut" in console.export_text()
-    runs = _runs_of(out)
+    text, runs = _on_both(tmp_path, "recovery")
+    assert "paused by the cut" in text
     assert [r["label"] for r in runs] == ["livemig", "qemu-system-x86_64"]
     for run in runs:
         statuses = [s["status"] for s in run["timeline"]]
@@ -91,12 +97,9 @@ def test_bench_recovery_cuts_the_link_and_both_vmms_recover(tmp_path: Path) -> N
 @pytest.mark.slow
 @pytest.mark.skipif(LIVEMIG is None or QEMU is None, reason="needs livemig and QEMU")
 def test_bench_file_saves_and_restores_on_both_vmms(tmp_path: Path) -> None:
-    out = tmp_path / "file.json"
-    console = Console(record=True, width=140)
-    assert bench("file", ["livemig", "qemu-system-x86_64"], runs=1, json_path=out,
-                 console=console) == 0
-    assert "restore" in console.export_text()
-    for run in _runs_of(out):
+    text, runs = _on_both(tmp_path, "file")
+    assert "restore" in text
+    for run in runs:
         assert run["result"]["status"] == "completed"
         assert run["extra"]["restore-ms"] > 0
         # A stream file holds what was sent, pass after pass (the guest runs
@@ -136,30 +139,24 @@ def test_bench_filled_guest_over_tls_with_multifd(tmp_path: Path) -> None:
     """A guest that never runs, its RAM all written over qtest, over TLS with
     two multifd channels: both VMMs move all of it (the engine checks the
     destination's RAM at its start, middle and end)."""
-    out = tmp_path / "tls.json"
-    opts = Options(ram="256M", filled=True, tls=True, bandwidth=100_000_000_000,
+    opts = Options(ram="128M", filled=True, tls=True, bandwidth=100_000_000_000,
                    params=(("multifd-channels", 2),))
-    console = Console(record=True, width=140)
-    assert bench("multifd", ["livemig", "qemu-system-x86_64"], opts, runs=1, json_path=out,
-                 console=console) == 0
-    assert "RAM moved per second" in console.export_text()
-    for run in _runs_of(out):
+    text, runs = _on_both(tmp_path, "multifd", opts)
+    assert "RAM moved per second" in text
+    for run in runs:
         assert run["pause"] is None                   # it never ran: no STOP, no RESUME
         assert run["extra"]["ram-bytes-per-s"] > 10 << 20
-        assert run["result"]["ram"]["transferred"] >= 256 << 20
-    assert json.loads(out.read_text())["options"]["tls"] is True
+        assert run["result"]["ram"]["transferred"] >= 128 << 20
+    assert json.loads((tmp_path / "multifd.json").read_text())["options"]["tls"] is True
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(LIVEMIG is None or QEMU is None, reason="needs livemig and QEMU")
 def test_bench_slow_link_counts_the_compressed_bytes(tmp_path: Path) -> None:
-    out = tmp_path / "zstd.json"
     opts = Options(bandwidth=50_000_000, downtime=2500, link_rate=50_000_000,
                    caps=("multifd",), params=(("multifd-channels", 2),
                                               ("multifd-compression", "zstd")))
-    assert bench("precopy", ["livemig", "qemu-system-x86_64"], opts, runs=1, json_path=out,
-                 console=Console(record=True, width=140)) == 0
-    for run in _runs_of(out):
+    for run in _on_both(tmp_path, "precopy", opts)[1]:
         # 100 MiB of pages with one byte each crossed the relay as a few MB.
         assert 0 < run["extra"]["link-bytes"] < 20e6, run["extra"]
 
@@ -167,13 +164,10 @@ def test_bench_slow_link_counts_the_compressed_bytes(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(LIVEMIG is None or QEMU is None, reason="needs livemig and QEMU")
 def test_bench_file_with_mapped_ram_bounds_the_image(tmp_path: Path) -> None:
-    out = tmp_path / "mapped.json"
-    console = Console(record=True, width=140)
     opts = Options(ram="256M", filled=True, caps=("mapped-ram",), save_dir=str(tmp_path))
-    assert bench("file", ["livemig", "qemu-system-x86_64"], opts, runs=1, json_path=out,
-                 console=console) == 0
-    assert "qemu-system-x86_64: file not supported: has no mapped-ram" in console.export_text()
-    [run] = _runs_of(out)
+    text, runs = _on_both(tmp_path, "file", opts)
+    assert "qemu-system-x86_64: file not supported: has no mapped-ram" in text
+    [run] = runs
     assert run["label"] == "livemig"
     assert (256 << 20) <= run["extra"]["file-bytes"] <= (258 << 20)
     assert not list(tmp_path.glob("livemig-bench-*.mig"))   # the image is removed

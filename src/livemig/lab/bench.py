@@ -396,6 +396,8 @@ def _live_run(pair: _Pair, scenario: Scenario) -> dict[str, Any] | str:
     if relay is not None:
         extra["link-bytes"] = float(relay.bytes_forward())
         relay.close()
+    if recovery is not None:
+        recovery.link.close()
     if postcopy:
         done = wait_until(lambda: (d := dst.cmd("query-migrate"))["status"] == "completed"
                           and d, 60, "the destination to complete")
