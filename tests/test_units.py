@@ -230,3 +230,16 @@ def test_migration_channels_read_as_uris() -> None:
             (["unix:/s"], "expected: object")):
         with pytest.raises(MigrationError, match=words):
             parse_channels(bad)
+
+
+def test_whole_milliseconds_are_counted_as_qemu_counts_them() -> None:
+    """A 2.5 ms pause reads 2 or 3 ms depending on where it falls, 2.5 on
+    average, as QEMU's difference of millisecond clocks does; truncating the
+    difference read 2 every time, half a millisecond against livemig."""
+    from livemig.migration.stats import ms_since
+
+    starts = [100.0 + i / 1000 / 97 for i in range(97)]   # spread across a millisecond
+    readings = [ms_since(s, s + 0.0025) for s in starts]
+    assert set(readings) == {2, 3}
+    assert abs(sum(readings) / len(readings) - 2.5) < 0.05
+    assert ms_since(5.0, 5.0) == 0

@@ -49,7 +49,7 @@ from .pages import CHUNK_PAGES, DOWNTIME_CHUNK_PAGES, ChunkRecords, runs
 from .params import Settings
 from .postcopy_source import Done, Outcome, Paused, PostcopySource, describe
 from .snapshot import SnapshotRam
-from .stats import JobTimes, RamStats, RateLimiter
+from .stats import JobTimes, RamStats, RateLimiter, ms_since
 from .status import SOURCE_TRANSITIONS, IllegalTransition, Status, StatusMachine
 from .tls import TlsConfig
 from .uri import Uri
@@ -639,7 +639,7 @@ class OutgoingMigration:
             raise Cancelled()
         self._send([record.encode(), End().encode()], "downtime")
         self.stats.remaining = 0
-        self.times.downtime_ms = int((time.monotonic() - stopped_at) * 1000)
+        self.times.downtime_ms = ms_since(stopped_at)
         self._end(S.COMPLETED)
 
     def _background_snapshot(self) -> None:
@@ -665,7 +665,7 @@ class OutgoingMigration:
                     raise
             finally:
                 machine.resume_vcpus()
-        self.times.downtime_ms = int((time.monotonic() - paused_at) * 1000)
+        self.times.downtime_ms = ms_since(paused_at)
         self.times.setup_ms = self.times.total_ms()
         try:
             if not self.status.transition(S.SETUP, S.ACTIVE):
@@ -735,7 +735,7 @@ class OutgoingMigration:
                 preempt.close()
             outcome = Paused(describe(err))
         else:
-            self.times.downtime_ms = int((time.monotonic() - stopped_at) * 1000)
+            self.times.downtime_ms = ms_since(stopped_at)
             postcopy.attach(channel, preempt)
             try:
                 outcome = postcopy.serve()

@@ -50,6 +50,15 @@ class RamStats:
         }
 
 
+def ms_since(start: float, end: float | None = None) -> int:
+    """Whole milliseconds from ``start`` to ``end`` (now) as QEMU counts them:
+    the difference of two millisecond clock readings. Truncating the
+    difference instead reads 0.5 ms low on average, 10-25% of a downtime of
+    a few ms, against QEMU's figure for the same pause."""
+    end = time.monotonic() if end is None else end
+    return int(end * 1000) - int(start * 1000)
+
+
 @dataclass
 class JobTimes:
     start: float = field(default_factory=time.monotonic)
@@ -59,8 +68,7 @@ class JobTimes:
     expected_downtime_ms: int = 0
 
     def total_ms(self) -> int:
-        end = self.end if self.end is not None else time.monotonic()
-        return int((end - self.start) * 1000)
+        return ms_since(self.start, self.end)
 
 
 class RateLimiter:
