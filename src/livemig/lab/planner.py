@@ -248,7 +248,10 @@ def plan(m: Measured, settings: model.Settings, policy: str | None = None,
                                               why="livemig-deadline is 0: QEMU's rules"))
             continue
         preds.append(model.precopy(guest, settings, costs, name, postcopy_allowed=True))
-    qemu_rules = model.precopy(guest, settings, costs)
+    # The advice starts from QEMU's rules: the prediction above, unless
+    # --policy asked for another one only.
+    qemu_rules = next((p for p in preds if p.method == "precopy (qemu)"), None) \
+        or model.precopy(guest, settings, costs)
     if not settings.auto_converge:
         ac = model.precopy(guest, replace(settings, auto_converge=True), costs)
         ac.method = "precopy (qemu) + auto-converge"
