@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 from ..chardev.spec import options_from_words, parse_bool, split_options
 from ..errors import ConfigError
 from ..machine import DEFAULT_RAM, DebugExitConfig
+from ..machine.command_line import PARAMETERS
 from ..sizes import parse_size
 
 # Options that take an argument, and those that do not.
@@ -21,7 +22,7 @@ WITH_ARG = {
     "device", "vga", "cpu", "uuid", "object",
 }
 FLAGS = {"S", "nodefaults", "enable-kvm", "daemonize", "nographic", "no-reboot",
-         "no-shutdown", "version", "help", "h", "mem-prealloc"}
+         "no-shutdown", "version", "help", "h", "mem-prealloc", "no-user-config"}
 
 MACHINE_TYPES = ("pc", "q35", "pc-i440fx", "pc-q35")
 ACCELERATORS = ("kvm", "tcg", "qtest")
@@ -58,6 +59,9 @@ class SystemOptions:
         self.daemonize = False
         self.start_paused = False
         self.nodefaults = False
+        # -machine none: QEMU's empty machine, which libvirt starts to probe
+        # a binary. livemig builds its one machine and never runs its vCPU.
+        self.machine_none = False
         self.no_reboot = False
         self.mem_prealloc = False
         self.debug_exit: DebugExitConfig | None = None
@@ -88,7 +92,7 @@ def _opts(text: str, implied: str | None, option: str) -> dict[str, str]:
     return opts
 
 
-def _reject_unknown(opts: dict[str, str], allowed: set[str], option: str) -> None:
+def _reject_unknown(opts: dict[str, str], allowed: frozenset[str], option: str) -> None:
     for key in opts:
         if key not in allowed:
             raise ConfigError(f"-{option}: Invalid parameter '{key}'")
@@ -106,11 +110,11 @@ def _accel_list(text: str, option: str) -> list[str]:
 
 def _machine(o: SystemOptions, text: str) -> None:
     opts = _opts(text, "type", "machine")
-    _reject_unknown(opts, {"type", "accel", "kernel-irqchip", "usb", "graphics", "vmport",
-                           "dump-guest-core", "mem-merge", "memory-backend",
-                           "aux-ram-share"}, "machine")
+    _reject_unknown(opts, PARAMETERS["machine"], "machine")
     mtype = opts.get("type")
-    if mtype is not None and not mtype.startswith(MACHINE_TYPES):
+    if mtype == "none":
+        o.machine_none = True
+    elif mtype is not None and not mtype.startswith(MACHINE_TYPES):
         raise ConfigError(f"-machine {text}: unsupported machine type '{mtype}' "
                           "(livemig provides one PC-like machine: use pc or q35)")
     if "accel" in opts:
@@ -155,8 +159,7 @@ def _incoming(o: SystemOptions, text: str) -> None:
 
 def _accel(o: SystemOptions, text: str) -> None:
     opts = _opts(text, "accel", "accel")
-    _reject_unknown(opts, {"accel", "thread", "tb-size", "kernel-irqchip", "dirty-ring-size"},
-                    "accel")
+    _reject_unknown(opts, PARAMETERS["accel"], "accel")
     names = _accel_list(opts.get("accel", ""), "accel")
     if "dirty-ring-size" in opts:
         if names != ["kvm"]:
@@ -177,7 +180,7 @@ def _accel(o: SystemOptions, text: str) -> None:
 
 def _memory(o: SystemOptions, text: str) -> None:
     opts = _opts(text, "size", "m")
-    _reject_unknown(opts, {"size", "slots", "maxmem"}, "m")
+    _reject_unknown(opts, PARAMETERS["memory"], "m")
     try:
         size = parse_size(opts.get("size", ""), default_unit=1 << 20)
     except ConfigError as err:
@@ -192,7 +195,7 @@ def _memory(o: SystemOptions, text: str) -> None:
 
 def _smp(o: SystemOptions, text: str) -> None:
     opts = _opts(text, "cpus", "smp")
-    _reject_unknown(opts, {"cpus", "maxcpus", "sockets", "cores", "threads", "dies"}, "smp")
+    _reject_unknown(opts, PARAMETERS["smp-opts"], "smp")
     for key, value in opts.items():
         if value != "1":
             raise ConfigError(f"-smp {text}: livemig supports exactly one vCPU ({key}={value})")
@@ -200,7 +203,7 @@ def _smp(o: SystemOptions, text: str) -> None:
 
 def _name(o: SystemOptions, text: str) -> None:
     opts = _opts(text, "guest", "name")
-    _reject_unknown(opts, {"guest", "debug-threads", "process"}, "name")
+    _reject_unknown(opts, PARAMETERS["name"], "name")
     if "debug-threads" in opts:
         parse_bool("debug-threads", opts["debug-threads"])
     o.name = opts.get("guest")
@@ -208,8 +211,7 @@ def _name(o: SystemOptions, text: str) -> None:
 
 def _drive(o: SystemOptions, text: str) -> None:
     opts = _opts(text, None, "drive")
-    _reject_unknown(opts, {"file", "format", "if", "index", "media", "snapshot", "readonly",
-                           "cache", "id", "bus", "unit"}, "drive")
+    _reject_unknown(opts, PARAMETERS["drive"], "drive")
     if "file" not in opts:
         raise ConfigError(f"-drive {text}: a drive needs file=PATH")
     fmt = opts.get("format", "raw")
@@ -224,7 +226,7 @@ def _device(o: SystemOptions, text: str) -> None:
     if driver != "isa-debug-exit":
         raise ConfigError(f"-device {text}: '{driver}' is not a valid device model name "
                           "(livemig provides isa-debug-exit)")
-    _reject_unknown(opts, {"driver", "iobase", "iosize", "id"}, "device")
+    _reject_unknown(opts, PARAMETERS["device"], "device")
     try:
         o.debug_exit = DebugExitConfig(int(opts.get("iobase", "0x501"), 0),
                                        int(opts.get("iosize", "0x02"), 0))
@@ -259,7 +261,7 @@ def _object(o: SystemOptions, text: str) -> None:
 
 def _mon(o: SystemOptions, text: str) -> None:
     opts = _opts(text, "chardev", "mon")
-    _reject_unknown(opts, {"chardev", "mode", "pretty", "id"}, "mon")
+    _reject_unknown(opts, PARAMETERS["mon"], "mon")
     if opts.get("mode", "readline") != "control":
         raise ConfigError(f"-mon {text}: only mode=control (QMP) is supported")
     if "chardev" not in opts:
@@ -303,6 +305,8 @@ def _flag(o: SystemOptions, name: str) -> None:
         o.no_reboot = True
     elif name == "mem-prealloc":
         o.mem_prealloc = True
+    elif name == "no-user-config":
+        pass  # livemig reads no configuration files: there is nothing to skip
     elif name == "version":
         o.show_version = True
     elif name in ("help", "h"):

@@ -100,7 +100,7 @@ class System:
             accelerators=opts.accelerators,
             boot_sector=read_boot_sector(boot.path) if boot else None,
             name=opts.name,
-            start_paused=opts.start_paused,
+            start_paused=opts.start_paused or opts.machine_none,
             incoming=opts.incoming is not None,
             debug_exit=opts.debug_exit,
             no_reboot=opts.no_reboot,

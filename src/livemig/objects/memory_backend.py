@@ -45,10 +45,7 @@ class MemoryBackend:
     @classmethod
     def factory(cls, kind: str) -> Factory:
         def create(ident: str, props: dict[str, Any]) -> MemoryBackend:
-            known = {"size", "share", "prealloc"}
-            if kind == "memory-backend-file":
-                known.add("mem-path")
-            reject_unknown(props, known)
+            reject_unknown(props, {name for name, _type in PROPERTIES[kind]})
             if "size" not in props:
                 raise ObjectError("property 'size' of memory-backend not set or zero")
             size = _size(props["size"])
@@ -69,5 +66,11 @@ class MemoryBackend:
             return cls(BackendSpec(ident, kind, size, share, mem_path, prealloc))
         return create
 
+
+# The properties each kind takes, with their QOM types (qom-list-properties).
+_COMMON = (("size", "size"), ("share", "bool"), ("prealloc", "bool"))
+PROPERTIES: dict[str, tuple[tuple[str, str], ...]] = {
+    kind: (*_COMMON, ("mem-path", "string")) if kind == "memory-backend-file" else _COMMON
+    for kind in KINDS}
 
 FACTORIES = {kind: MemoryBackend.factory(kind) for kind in KINDS}

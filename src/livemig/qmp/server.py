@@ -26,6 +26,7 @@ from ..machine import Machine
 from ..migration import MigrationManager
 from ..objects import ObjectRegistry
 from .context import QmpContext
+from .events import EVENTS
 from .jsonstream import JsonSplitter, ParseError
 from .registry import COMMANDS, call
 from .schema import check_arguments
@@ -232,7 +233,10 @@ class QmpServer:
             session.flush(max(0.0, deadline - time.monotonic()))
 
     def emit(self, event: str, data: dict[str, Any] | None = None) -> None:
-        """Send an event to every negotiated session, with QEMU's timestamp."""
+        """Send an event to every negotiated session, with QEMU's timestamp.
+        Only events in the table of :mod:`.events` may be sent."""
+        if event not in EVENTS:
+            raise RuntimeError(f"QMP event {event} is not in the event table")
         now = time.time()
         message: dict[str, Any] = {
             "timestamp": {"seconds": int(now), "microseconds": int(now % 1 * 1_000_000)},

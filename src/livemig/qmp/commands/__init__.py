@@ -1,6 +1,22 @@
 """QMP command handlers, one module per group; importing registers them."""
 
-from . import dirtylimit, dirtyrate, hmp, introspection, memory, migration, objects, runstate
+from . import (
+    command_line_options,
+    confidential,
+    dirtylimit,
+    dirtyrate,
+    hmp,
+    introspection,
+    machine_info,
+    memory,
+    migration,
+    objects,
+    qmp_schema,
+    qom,
+    runstate,
+    tpm,
+)
 
-__all__ = ["dirtylimit", "dirtyrate", "hmp", "introspection", "memory", "migration", "objects",
-           "runstate"]
+__all__ = ["command_line_options", "confidential", "dirtylimit", "dirtyrate", "hmp",
+           "introspection", "machine_info", "memory", "migration", "objects", "qmp_schema",
+           "qom", "runstate", "tpm"]

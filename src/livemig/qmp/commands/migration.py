@@ -74,7 +74,7 @@ def query_migrate_parameters(ctx: QmpContext) -> dict[str, Any]:
 
 
 @command("migrate-set-capabilities",
-         {"capabilities": [{"capability": "str", "state": "bool"}]})
+         {"capabilities": [{"capability": CAPABILITIES, "state": "bool"}]})
 def migrate_set_capabilities(ctx: QmpContext, capabilities: list[dict[str, Any]]) -> None:
     _manager(ctx).set_capabilities(capabilities)
 
