@@ -7,6 +7,7 @@ the test's own directory; its qemu driver keeps its state under /run and
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,9 +18,31 @@ from pathlib import Path
 import pytest
 from conftest import KVM_PROBLEM, LIVEMIG, QEMU
 
+from livemig.guest import AB_START, write_image
 from livemig.lab import wait_until
+from livemig.lab.checks import check_ab_ram
 
 CAPS_CACHE = Path("/var/cache/libvirt/qemu/capabilities")
+QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+
+DOMAIN_XML = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>150</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <devices>
+    <emulator>{emulator}</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{image}'/>
+      <target dev='hda' bus='ide'/>
+    </disk>
+    <controller type='usb' model='none'/>
+    <serial type='file'><source path='{serial}'/><target port='0'/></serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
 
 
 def _missing() -> str | None:
@@ -45,6 +68,28 @@ class Libvirt:
         assert done.returncode == 0, f"virsh {' '.join(args)}: {done.stderr.strip()}"
         return done.stdout
 
+    def states(self) -> dict[str, str]:
+        out = self.virsh("list", "--all")
+        return {f[1]: " ".join(f[2:]) for f in (line.split() for line in out.splitlines()[2:])
+                if len(f) >= 3}
+
+
+class Domain:
+    """A running libvirt domain seen as the RAM checks see a VM (pmem)."""
+
+    def __init__(self, libvirt: Libvirt, name: str, workdir: Path) -> None:
+        self.libvirt, self.name, self.workdir = libvirt, name, workdir
+
+    def qmp(self, command: str, **arguments: object) -> object:
+        text = self.libvirt.virsh("qemu-monitor-command", self.name,
+                                  json.dumps({"execute": command, "arguments": arguments}))
+        return json.loads(text)["return"]
+
+    def pmem(self, address: int, length: int) -> bytes:
+        path = self.workdir / f"{self.name}.pmem"
+        self.qmp("pmemsave", val=address, size=length, filename=str(path))
+        return path.read_bytes()
+
 
 def _forget_cached_probe(emulator: str) -> None:
     """libvirt caches a binary's probe by its path and ctime; livemig's
@@ -56,9 +101,36 @@ def _forget_cached_probe(emulator: str) -> None:
 
 @pytest.fixture
 def libvirt(tmp_path: Path) -> Iterator[Libvirt]:
+    """A private libvirtd. It runs emulators as root (qemu.conf's user and
+    group, restored at teardown): livemig's interpreter lives where
+    libvirt's own qemu user may not read."""
+    import fcntl
+
+    # One daemon at a time across pytest-xdist workers: they share /run/libvirt.
+    lock = open(Path(os.environ.get("TMPDIR", "/tmp")) / "livemig-libvirt-tests.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        yield from _configured_daemon(tmp_path)
+    finally:
+        lock.close()
+
+
+def _configured_daemon(tmp_path: Path) -> Iterator[Libvirt]:
     reason = _missing()
     if reason is not None:
         pytest.skip(reason)
+    saved = QEMU_CONF.read_bytes() if QEMU_CONF.exists() else None
+    QEMU_CONF.write_bytes((saved or b"") + b'\nuser = "root"\ngroup = "root"\n')
+    try:
+        yield from _daemon(tmp_path)
+    finally:
+        if saved is not None:
+            QEMU_CONF.write_bytes(saved)
+        else:
+            QEMU_CONF.unlink()
+
+
+def _daemon(tmp_path: Path) -> Iterator[Libvirt]:
     daemon = Libvirt(tmp_path)
     config = tmp_path / "libvirtd.conf"
     config.write_text(f'unix_sock_dir = "{tmp_path}"\nunix_sock_ro_perms = "0700"\n'
@@ -74,6 +146,10 @@ def libvirt(tmp_path: Path) -> Iterator[Libvirt]:
             pytest.skip(f"libvirtd did not start: {proc.stderr.read().decode()[-300:]}")
         yield daemon
     finally:
+        for name, state in daemon.states().items() if proc.poll() is None else []:
+            if state == "running" or state == "paused":
+                subprocess.run(["virsh", "-c", daemon.uri, "destroy", name],
+                               capture_output=True, timeout=60)
         proc.terminate()
         try:
             proc.wait(timeout=20)
@@ -108,3 +184,57 @@ def test_libvirt_probes_livemig_as_it_probes_qemu(libvirt: Libvirt) -> None:
     assert "migrate-rdma" in flags  # from query-migrate-capabilities (rdma-pin-all)
     machines = re.findall(r"<machine type='(\w+)' name='([^']+)'", cached[0])
     assert ("tcg", "pc-i440fx-7.2") in machines
+
+
+def _emulators() -> list[pytest.param]:
+    return [pytest.param(str(LIVEMIG), id="livemig",
+                         marks=pytest.mark.skipif(LIVEMIG is None, reason="no livemig")),
+            pytest.param(str(QEMU), id="qemu",
+                         marks=pytest.mark.skipif(QEMU is None, reason="no QEMU"))]
+
+
+@pytest.mark.parametrize("emulator", _emulators())
+def test_virsh_create_save_restore_destroy(libvirt: Libvirt, emulator: str,
+                                           tmp_path: Path) -> None:
+    """The built-in guest as a libvirt domain (tcg): created, saved with
+    domjobinfo watched, restored, still running with its RAM invariant."""
+    _forget_cached_probe(emulator)
+    image, serial = tmp_path / "boot.img", tmp_path / "serial.log"
+    write_image(image)
+    name = f"lmtest{os.getpid()}"
+    xml = tmp_path / "domain.xml"
+    xml.write_text(DOMAIN_XML.format(name=name, emulator=emulator, image=image,
+                                     serial=serial))
+    libvirt.virsh("create", str(xml))
+    wait_until(lambda: serial.exists() and b"B" in serial.read_bytes(), 120,
+               "the guest's first walk")
+    saved = tmp_path / "guest.save"
+    save = subprocess.Popen(["virsh", "-c", libvirt.uri, "save", name, str(saved)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    jobs = set()
+    while save.poll() is None:
+        info = subprocess.run(["virsh", "-c", libvirt.uri, "domjobinfo", name],
+                              capture_output=True, text=True).stdout
+        jobs.update(re.findall(r"Operation:\s+(\S+)", info))
+    assert save.returncode == 0, save.stderr.read()  # type: ignore[union-attr]
+    assert name not in libvirt.states()
+    assert saved.stat().st_size > 1 << 20
+    assert "Save" in jobs, jobs  # virsh domjobinfo saw the save as it ran
+    libvirt.virsh("restore", str(saved))
+    assert libvirt.states()[name] == "running"
+    domain = Domain(libvirt, name, tmp_path)
+    first = domain.pmem(AB_START, 1)
+    wait_until(lambda: domain.pmem(AB_START, 1) != first, 60, "the restored guest to run")
+    libvirt.virsh("suspend", name)
+    check = check_ab_ram(domain)  # type: ignore[arg-type]
+    assert check.ok, check.describe()
+    if emulator == str(LIVEMIG):
+        # No ACPI: livemig refuses virsh shutdown (QEMU's guest, with no
+        # driver for the button, would ignore it) and the domain runs on.
+        libvirt.virsh("resume", name)
+        refused = subprocess.run(["virsh", "-c", libvirt.uri, "shutdown", name],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "no ACPI power button" in refused.stderr
+        assert libvirt.states()[name] == "running"
+    libvirt.virsh("destroy", name)
+    assert name not in libvirt.states()

@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable
 
+from .. import fdsets
 from ..errors import ChardevError
 from ..logs import get_logger
 from .stream import Stream
@@ -35,6 +36,10 @@ class Chardev:
     def serve(self, on_connect: OnConnect) -> None:
         """Deliver connections to ``on_connect`` (none by default)."""
 
+    def filename(self) -> str:
+        """What query-chardev shows as its ``filename`` (QEMU's spelling)."""
+        return "null"
+
     def close(self) -> None:
         pass
 
@@ -50,10 +55,15 @@ class FileChardev(Chardev):
         super().__init__(chardev_id)
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
         try:
-            self._fd = os.open(path, flags, 0o666)
+            self._fd = fdsets.open_path(path, flags, 0o666)
         except OSError as err:
             raise ChardevError(f"Could not open '{path}': {err.strerror}") from err
+        except fdsets.FdsetError as err:
+            raise ChardevError(str(err)) from err
         self._lock = threading.Lock()
+
+    def filename(self) -> str:
+        return "file"
 
     def write(self, data: bytes) -> None:
         with self._lock:
@@ -68,6 +78,9 @@ class FileChardev(Chardev):
 
 class StdioChardev(Chardev):
     """``stdio``: output to stdout; a monitor on it reads stdin."""
+
+    def filename(self) -> str:
+        return "stdio"
 
     def write(self, data: bytes) -> None:
         try:
@@ -102,8 +115,19 @@ class SocketServerChardev(Chardev):
     """
 
     def __init__(self, chardev_id: str, path: str | None = None, host: str | None = None,
-                 port: str | None = None, wait: bool = False) -> None:
+                 port: str | None = None, wait: bool = False, fd: int | None = None) -> None:
+        """``fd``: a listening socket handed over already bound (libvirt's
+        ``fd=N``), used as it is."""
         super().__init__(chardev_id)
+        self._clients: list[Stream] = []
+        self._lock = threading.Lock()
+        self._first: socket.socket | None = None
+        if fd is not None:
+            self._sock = self._adopt(fd)
+            self._path = self._sock.getsockname() or None
+            if not isinstance(self._path, str):
+                self._path = None
+            return
         self._sock, address = _make_socket(path, host, port)
         self._path = path
         try:
@@ -117,12 +141,24 @@ class SocketServerChardev(Chardev):
             self._sock.close()
             where = path if path is not None else f"{host}:{port}"
             raise ChardevError(f"Failed to bind socket to {where}: {err.strerror}") from err
-        self._clients: list[Stream] = []
-        self._lock = threading.Lock()
-        self._first: socket.socket | None = None
         if wait:
             print(f"livemig: waiting for connection on: {self.describe()}", file=sys.stderr)
             self._first, _ = self._sock.accept()
+
+    @staticmethod
+    def _adopt(fd: int) -> socket.socket:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as err:
+            raise ChardevError(f"fd {fd} is not a socket: {err.strerror}") from err
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            sock.detach()
+            raise ChardevError(f"fd {fd} is not a listening socket")
+        sock.set_inheritable(False)
+        return sock
+
+    def filename(self) -> str:
+        return self.describe().removeprefix("disconnected:")
 
     def describe(self) -> str:
         if self._path is not None:

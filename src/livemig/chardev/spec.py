@@ -20,7 +20,7 @@ from .backends import (
 
 _SOCKET_KEYS = {"id", "backend", "path", "host", "port", "server", "wait", "nodelay",
                 "telnet", "reconnect", "ipv4", "ipv6", "logfile", "logappend", "mux",
-                "abstract", "tight", "to"}
+                "abstract", "tight", "to", "fd"}
 _FILE_KEYS = {"id", "backend", "path", "append", "logfile", "logappend", "mux"}
 _NULL_KEYS = {"id", "backend", "logfile", "logappend", "mux"}
 
@@ -120,6 +120,14 @@ def create(opts: dict[str, str]) -> Chardev:
         return FileChardev(chardev_id, opts["path"], append)
     server = parse_bool("server", opts.get("server", "off"))
     path, host, port = opts.get("path"), opts.get("host"), opts.get("port")
+    if "fd" in opts:
+        if not server or path is not None or host is not None:
+            raise ChardevError("chardev: socket fd= needs server=on and no address")
+        try:
+            fd = int(opts["fd"])
+        except ValueError as err:
+            raise ChardevError(f"Parameter 'fd' expects a number, not '{opts['fd']}'") from err
+        return SocketServerChardev(chardev_id, fd=fd)
     if server:
         wait = parse_bool("wait", opts.get("wait", "on"))
         return SocketServerChardev(chardev_id, path, host, port, wait)

@@ -12,17 +12,19 @@ from typing import Any, NamedTuple
 from ..chardev.spec import options_from_words, parse_bool, split_options
 from ..errors import ConfigError
 from ..machine import DEFAULT_RAM, DebugExitConfig
-from ..machine.command_line import PARAMETERS
+from ..machine.command_line import DEVICE_PROPERTIES, PARAMETERS
 from ..sizes import parse_size
 
 # Options that take an argument, and those that do not.
 WITH_ARG = {
     "machine", "M", "accel", "m", "smp", "name", "serial", "drive", "hda", "display",
     "qmp", "chardev", "mon", "monitor", "qtest", "qtest-log", "incoming", "pidfile",
-    "device", "vga", "cpu", "uuid", "object",
+    "device", "vga", "cpu", "uuid", "object", "blockdev", "add-fd", "overcommit", "rtc",
+    "boot", "audiodev", "msg",
 }
 FLAGS = {"S", "nodefaults", "enable-kvm", "daemonize", "nographic", "no-reboot",
-         "no-shutdown", "version", "help", "h", "mem-prealloc", "no-user-config"}
+         "no-shutdown", "version", "help", "h", "mem-prealloc", "no-user-config",
+         "no-acpi", "usb"}
 
 MACHINE_TYPES = ("pc", "q35", "pc-i440fx", "pc-q35")
 ACCELERATORS = ("kvm", "tcg", "qtest")
@@ -70,6 +72,13 @@ class SystemOptions:
         self.cpu_model = "qemu64"
         self.uuid: str | None = None
         self.kvm_dirty_ring_size = 0      # -accel kvm,dirty-ring-size=N
+        # -blockdev nodes by node-name; -drive ids (index into drives);
+        # -device ide-hd drive references with their bootindex
+        self.blockdevs: dict[str, dict[str, Any]] = {}
+        self.drive_ids: dict[str, int] = {}
+        self.ide_disks: list[tuple[str, int]] = []
+        self.devices: list[tuple[str, str, str | None]] = []  # -device id, driver, drive
+        self.fdsets: list[tuple[int, int, str | None]] = []  # -add-fd set, fd, opaque
         # -object TYPE,id=ID,...: (qom-type, properties, the option's text)
         self.objects: list[tuple[str, dict[str, Any], str]] = []
 
@@ -217,16 +226,65 @@ def _drive(o: SystemOptions, text: str) -> None:
     fmt = opts.get("format", "raw")
     if fmt != "raw":
         raise ConfigError(f"-drive {text}: only format=raw is supported")
+    if "id" in opts:
+        o.drive_ids[opts["id"]] = len(o.drives)
     o.drives.append(DriveOption(opts["file"], boot=opts.get("if", "ide") != "none"))
 
 
+def _json_or_keyval(text: str, implied: str | None, option: str) -> dict[str, Any]:
+    """An option's JSON form (``{…}``, as libvirt writes it) or its key=value
+    form. JSON scalars become the strings the key=value form would give."""
+    if not text.lstrip().startswith("{"):
+        return dict(_opts(text, implied, option))
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise ConfigError(f"-{option} {text}: invalid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise ConfigError(f"-{option} {text}: expected a JSON object")
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, bool):
+            out[key] = "on" if item else "off"
+        elif isinstance(item, int | float | str):
+            out[key] = str(item)
+        else:
+            out[key] = item  # nested objects: -blockdev's inline "file"
+    return out
+
+
 def _device(o: SystemOptions, text: str) -> None:
-    opts = _opts(text, "driver", "device")
+    """-device isa-debug-exit, isa-serial (the UART, COM1) or ide-hd (the
+    boot disk), key=value or JSON."""
+    opts = _json_or_keyval(text, "driver", "device")
     driver = opts.get("driver", "")
-    if driver != "isa-debug-exit":
+    if driver not in DEVICE_PROPERTIES:
         raise ConfigError(f"-device {text}: '{driver}' is not a valid device model name "
-                          "(livemig provides isa-debug-exit)")
-    _reject_unknown(opts, PARAMETERS["device"], "device")
+                          f"(livemig provides {', '.join(sorted(DEVICE_PROPERTIES))})")
+    for key in opts:
+        if key not in DEVICE_PROPERTIES[driver]:
+            raise ConfigError(f"-device {text}: Property '{driver}.{key}' not found")
+    if "id" in opts:
+        o.devices.append((opts["id"], driver, opts.get("drive")))
+    if driver == "isa-serial":
+        if opts.get("index", "0") != "0" or opts.get("iobase", "0x3f8") not in ("0x3f8",
+                                                                             "1016"):
+            raise ConfigError(f"-device {text}: livemig has one serial port (COM1, index 0)")
+        if "chardev" not in opts:
+            raise ConfigError(f"-device {text}: Property 'chardev' is required")
+        o.serial.append(f"chardev:{opts['chardev']}")
+        return
+    if driver == "ide-hd":
+        if "drive" not in opts:
+            raise ConfigError(f"-device {text}: Property 'drive' is required")
+        try:
+            bootindex = int(opts.get("bootindex", "-1"))
+        except ValueError as err:
+            raise ConfigError(f"-device {text}: bootindex must be a number") from err
+        o.ide_disks.append((opts["drive"], bootindex))
+        return
     try:
         o.debug_exit = DebugExitConfig(int(opts.get("iobase", "0x501"), 0),
                                        int(opts.get("iosize", "0x02"), 0))
@@ -236,9 +294,104 @@ def _device(o: SystemOptions, text: str) -> None:
         raise ConfigError(f"-device {text}: iobase must be a port and iosize 1, 2 or 4")
 
 
+def _blockdev(o: SystemOptions, text: str) -> None:
+    """-blockdev: ``file`` nodes (a host file) and ``raw`` nodes over them."""
+    node = _json_or_keyval(text, None, "blockdev")
+    _add_node(o, node, text)
+
+
+def _add_node(o: SystemOptions, node: dict[str, Any], text: str) -> str:
+    driver = node.get("driver")
+    if driver not in ("file", "raw"):
+        raise ConfigError(f"-blockdev {text}: Parameter 'driver' does not accept value "
+                          f"'{driver}' (livemig has file and raw)")
+    if driver == "file" and "filename" not in node:
+        raise ConfigError(f"-blockdev {text}: Parameter 'filename' is missing")
+    if driver == "raw":
+        child = node.get("file")
+        if isinstance(child, dict):
+            node = {**node, "file": _add_node(o, child, text)}
+        elif not isinstance(child, str):
+            raise ConfigError(f"-blockdev {text}: Parameter 'file' is missing")
+    name = node.get("node-name") or f"#block{len(o.blockdevs)}"
+    if name in o.blockdevs:
+        raise ConfigError(f"-blockdev {text}: Duplicate nodes with node-name='{name}'")
+    o.blockdevs[name] = node
+    return str(name)
+
+
+def block_file(o: SystemOptions, name: str) -> str:
+    """The host file under block node ``name`` (through raw nodes)."""
+    seen: set[str] = set()
+    while name in o.blockdevs and name not in seen:
+        seen.add(name)
+        node = o.blockdevs[name]
+        if node["driver"] == "file":
+            return str(node["filename"])
+        name = str(node["file"])
+    raise ConfigError(f"Cannot find device='' nor node-name='{name}'")
+
+
+def _resolve_disks(o: SystemOptions) -> None:
+    """-device ide-hd: its drive (a -blockdev node or a -drive id) becomes
+    a drive; the lowest bootindex boots (a disk without one boots only
+    when no other does)."""
+    if not o.ide_disks:
+        return
+    order = sorted(o.ide_disks, key=lambda disk: (disk[1] < 0, disk[1]))
+    boots = not any(d.boot for d in o.drives)
+    for ref, _bootindex in order:
+        if ref in o.drive_ids:
+            index = o.drive_ids[ref]
+            o.drives[index] = DriveOption(o.drives[index].path, boot=boots)
+        else:
+            o.drives.append(DriveOption(block_file(o, ref), boot=boots))
+        boots = False
+
+
+def _add_fd(o: SystemOptions, text: str) -> None:
+    opts = _opts(text, None, "add-fd")
+    _reject_unknown(opts, PARAMETERS["add-fd"], "add-fd")
+    try:
+        fd, set_id = int(opts["fd"]), int(opts["set"])
+    except KeyError as err:
+        raise ConfigError(f"-add-fd {text}: parameter '{err.args[0]}' is missing") from err
+    except ValueError as err:
+        raise ConfigError(f"-add-fd {text}: fd and set must be numbers") from err
+    o.fdsets.append((set_id, fd, opts.get("opaque")))
+
+
+def _accepted(text: str, option: str, group: str,
+              allowed: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Options that change nothing livemig has, checked and then ignored
+    (docs/command-line.md lists them); ``allowed`` restricts values."""
+    opts = _opts(text, None if group != "boot-opts" else "order", option)
+    _reject_unknown(opts, PARAMETERS[group], option)
+    for key, values in (allowed or {}).items():
+        if key in opts and opts[key] not in values:
+            raise ConfigError(f"-{option} {text}: livemig does not support {key}={opts[key]}")
+
+
+def _audiodev(text: str) -> None:
+    opts = _json_or_keyval(text, "driver", "audiodev")
+    if opts.get("driver") != "none":
+        raise ConfigError(f"-audiodev {text}: livemig has no sound: only driver=none")
+
+
 def _object(o: SystemOptions, text: str) -> None:
     """-object TYPE,id=ID,prop=value,...; dotted keys build lists of objects
     (authz-list's rules.0.match=..., rules.0.policy=...), as QEMU's keyval."""
+    if text.lstrip().startswith("{"):  # the JSON form: properties keep their JSON types
+        import json
+
+        try:
+            spec = json.loads(text)
+        except ValueError as err:
+            raise ConfigError(f"-object {text}: invalid JSON: {err}") from err
+        if not isinstance(spec, dict) or not isinstance(spec.get("qom-type"), str):
+            raise ConfigError(f"-object {text}: Parameter 'qom-type' is missing")
+        o.objects.append((spec.pop("qom-type"), spec, text))
+        return
     opts = _opts(text, "qom-type", "object")
     qom_type = opts.pop("qom-type", "")
     if not qom_type:
@@ -305,8 +458,8 @@ def _flag(o: SystemOptions, name: str) -> None:
         o.no_reboot = True
     elif name == "mem-prealloc":
         o.mem_prealloc = True
-    elif name == "no-user-config":
-        pass  # livemig reads no configuration files: there is nothing to skip
+    elif name in ("no-user-config", "no-acpi", "usb"):
+        pass  # nothing to skip, no ACPI tables, no USB: see docs/command-line.md
     elif name == "version":
         o.show_version = True
     elif name in ("help", "h"):
@@ -349,6 +502,21 @@ def _with_arg(o: SystemOptions, name: str, value: str) -> None:
         _device(o, value)
     elif name == "object":
         _object(o, value)
+    elif name == "blockdev":
+        _blockdev(o, value)
+    elif name == "add-fd":
+        _add_fd(o, value)
+    elif name == "overcommit":
+        _accepted(value, name, "overcommit", {"mem-lock": ("off", "false", "no"),
+                                              "cpu-pm": ("off", "false", "no")})
+    elif name == "rtc":
+        _accepted(value, name, "rtc")
+    elif name == "boot":
+        _accepted(value, name, "boot-opts")
+    elif name == "msg":
+        _accepted(value, name, "msg")
+    elif name == "audiodev":
+        _audiodev(value)
     elif name == "cpu":
         model = value.split(",")[0]
         if model not in CPU_MODELS:
@@ -370,6 +538,7 @@ def _with_arg(o: SystemOptions, name: str, value: str) -> None:
 
 
 def _check(o: SystemOptions) -> None:
+    _resolve_disks(o)
     if len([s for s in o.serial if s != "none"]) > 1:
         raise ConfigError("-serial: livemig has one serial port (COM1)")
     if o.pidfile is not None and os.path.isdir(o.pidfile):

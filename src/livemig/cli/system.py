@@ -16,16 +16,17 @@ import threading
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from .. import QEMU_COMPAT_VERSION, __version__
+from .. import QEMU_COMPAT_VERSION, __version__, fdsets
 from .. import chardev as chardevs
 from ..errors import ConfigError, LivemigError
 from ..logs import get_logger
 from ..machine import Machine, MachineConfig
+from ..machine.inventory import BlockNode, Device, Inventory
 from ..migration import MigrationManager
 from ..objects import ObjectRegistry
 from ..qmp import QmpServer
 from ..qmp.jsonstream import RECURSION_NEEDED
-from .options import USAGE, SystemOptions, parse
+from .options import USAGE, SystemOptions, block_file, parse
 
 if TYPE_CHECKING:
     from ..memory.backing import BackendSpec
@@ -73,6 +74,11 @@ class System:
         self.chardevs: dict[str, chardevs.Chardev] = {}
         self.relay = EventRelay()
         self._qtest_log: IO[str] | None = None
+        for set_id, fd, opaque in opts.fdsets:
+            try:
+                fdsets.add(set_id, fd, opaque)
+            except fdsets.FdsetError as err:
+                raise ConfigError(str(err)) from err
         for spec in opts.chardevs:
             self._add_chardev(spec)
         serial = self._serial_chardev()
@@ -107,6 +113,7 @@ class System:
             uuid=opts.uuid,
             kvm_dirty_ring_size=opts.kvm_dirty_ring_size,
             mem_prealloc=opts.mem_prealloc,
+            cpu_model=opts.cpu_model,
         )
         self.machine = Machine(config, serial.write if serial else (lambda _b: None),
                                self.relay, self._exit_now)
@@ -127,6 +134,22 @@ class System:
         self._servers: list[tuple[chardevs.Chardev, Callable[[chardevs.Stream], None]]] = []
         self._open_monitors()
         self._open_qtest()
+        self.qmp.inventory = self._inventory(opts)
+
+    def _inventory(self, opts: SystemOptions) -> Inventory:
+        """What query-block, query-chardev and qom-list report."""
+        inventory = Inventory()
+        inventory.devices = [Device(ident, driver, drive)
+                             for ident, driver, drive in opts.devices]
+        for name, node in opts.blockdevs.items():
+            child = node.get("file") if node["driver"] == "raw" else None
+            inventory.block_nodes.append(BlockNode(name, node["driver"],
+                                                   block_file(opts, name), child))
+        for ident, index in opts.drive_ids.items():
+            inventory.block_nodes.append(BlockNode(ident, "raw", opts.drives[index].path,
+                                                   None))
+        inventory.chardevs = {label: dev.filename() for label, dev in self.chardevs.items()}
+        return inventory
 
     # --- construction helpers --------------------------------------------------
     def _receive_cpr(self, backend: BackendSpec | None) -> ReceivedCpr:

@@ -295,11 +295,14 @@ class VmLauncher:
         return argv + (extra or [])
 
     def spawn(self, argv: list[str], name: str = "proc",
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start any process, tracked for cleanup; stderr goes to NAME.stderr."""
+              env: dict[str, str] | None = None,
+              pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+        """Start any process, tracked for cleanup; stderr goes to NAME.stderr;
+        ``pass_fds``: descriptors it inherits (as libvirt hands them over)."""
         err = open(self.workdir / f"{name}.stderr", "wb")
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, env=env, preexec_fn=_die_with_parent)
+                                stderr=err, env=env, preexec_fn=_die_with_parent,
+                                pass_fds=pass_fds)
         err.close()
         self.processes.append(proc)
         return proc

@@ -15,6 +15,20 @@ PARAMETERS: dict[str, frozenset[str]] = {
     "name": frozenset({"guest", "debug-threads", "process"}),
     "drive": frozenset({"file", "format", "if", "index", "media", "snapshot", "readonly",
                         "cache", "id", "bus", "unit"}),
-    "device": frozenset({"driver", "iobase", "iosize", "id"}),
+    "device": frozenset({"driver", "iobase", "iosize", "id", "drive", "bus", "unit",
+                         "bootindex", "chardev", "index", "irq"}),
+    "add-fd": frozenset({"fd", "set", "opaque"}),
+    "overcommit": frozenset({"mem-lock", "cpu-pm"}),
+    "rtc": frozenset({"base", "clock", "driftfix"}),
+    "boot-opts": frozenset({"order", "once", "menu", "splash", "splash-time",
+                            "reboot-timeout", "strict"}),
+    "msg": frozenset({"timestamp", "guest-name"}),
     "mon": frozenset({"chardev", "mode", "pretty", "id"}),
+}
+
+# -device: the drivers livemig has and the properties each takes.
+DEVICE_PROPERTIES: dict[str, frozenset[str]] = {
+    "isa-debug-exit": frozenset({"driver", "id", "iobase", "iosize"}),
+    "isa-serial": frozenset({"driver", "id", "chardev", "index", "iobase", "irq"}),
+    "ide-hd": frozenset({"driver", "id", "drive", "bus", "unit", "bootindex"}),
 }

@@ -25,7 +25,8 @@ class MachineConfig:
                  start_paused: bool = False, incoming: bool = False,
                  debug_exit: DebugExitConfig | None = None, no_reboot: bool = False,
                  uuid: str | None = None, kvm_dirty_ring_size: int = 0,
-                 mem_prealloc: bool = False, ram_backend: BackendSpec | None = None) -> None:
+                 mem_prealloc: bool = False, ram_backend: BackendSpec | None = None,
+                 cpu_model: str = "qemu64") -> None:
         self.ram_size = ram_size
         self.accelerators = accelerators if accelerators is not None else ["tcg"]
         self.boot_sector = boot_sector
@@ -38,6 +39,7 @@ class MachineConfig:
         self.kvm_dirty_ring_size = kvm_dirty_ring_size  # -accel kvm,dirty-ring-size=N
         self.mem_prealloc = mem_prealloc  # -mem-prealloc: back all RAM at start-up
         self.ram_backend = ram_backend  # -machine memory-backend=ID; None: anonymous RAM
+        self.cpu_model = cpu_model  # -cpu: the name QMP reports (the vCPU is the same)
 
     def __repr__(self) -> str:
         return f"MachineConfig({vars(self)!r})"

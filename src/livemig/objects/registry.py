@@ -61,9 +61,11 @@ class ObjectRegistry:
     def factories() -> dict[str, Factory]:
         from .authz import AuthzList, AuthzSimple
         from .memory_backend import FACTORIES
+        from .secret import Secret
         from .tls import TlsCredsPsk, TlsCredsX509
         return {"tls-creds-x509": TlsCredsX509.create, "tls-creds-psk": TlsCredsPsk.create,
                 "authz-simple": AuthzSimple.create, "authz-list": AuthzList.create,
+                "secret": Secret.create,
                 **FACTORIES}
 
     def add(self, qom_type: Any, props: dict[str, Any]) -> UserObject:

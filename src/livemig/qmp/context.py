@@ -11,6 +11,7 @@ from typing import NamedTuple, Protocol
 
 from ..chardev import Stream
 from ..machine import Machine
+from ..machine.inventory import Inventory
 from ..migration import MigrationManager
 from ..objects import ObjectRegistry
 
@@ -26,3 +27,4 @@ class QmpContext(NamedTuple):
     session: Session
     migration: MigrationManager | None = None
     objects: ObjectRegistry | None = None
+    inventory: Inventory | None = None

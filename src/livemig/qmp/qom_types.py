@@ -50,6 +50,9 @@ TYPES: dict[str, QomType] = {
     "max-x86_64-cpu": QomType("x86_64-cpu", False, _CPU_PROPS),
     "host-x86_64-cpu": QomType("max-x86_64-cpu", False, _CPU_PROPS),
     "isa-device": QomType("device", True),
+    "ide-device": QomType("device", True),
+    "ide-hd": QomType("ide-device", False, (("drive", "str"), ("bootindex", "int32"),
+                                            ("unit", "uint32"))),
     "isa-serial": QomType("isa-device", False, (("index", "uint32"), ("iobase", "uint32"),
                                                 ("irq", "uint32"), ("chardev", "str"))),
     "isa-debug-exit": QomType("isa-device", False, (("iobase", "uint32"),
@@ -63,6 +66,8 @@ TYPES: dict[str, QomType] = {
                                                    ("verify-peer", "bool"))),
     "tls-creds-psk": QomType("tls-creds", False, (("dir", "string"), ("endpoint", "string"),
                                                   ("username", "string"))),
+    "secret": QomType("object", False, (("data", "string"), ("file", "string"),
+                                        ("format", "QCryptoSecretFormat"))),
     "authz": QomType("object", True),
     "authz-simple": QomType("authz", False, (("identity", "string"),)),
     "authz-list": QomType("authz", False, (("policy", "QAuthZListPolicy"),
@@ -70,7 +75,7 @@ TYPES: dict[str, QomType] = {
 }
 
 USER_CREATABLE = ("memory-backend-ram", "memory-backend-memfd", "memory-backend-file",
-                  "tls-creds-x509", "tls-creds-psk", "authz-simple", "authz-list")
+                  "tls-creds-x509", "tls-creds-psk", "authz-simple", "authz-list", "secret")
 
 
 def ancestors(name: str) -> list[str]:

@@ -23,6 +23,7 @@ from ..chardev import Stream
 from ..errors import LivemigError, QmpError
 from ..logs import get_logger
 from ..machine import Machine
+from ..machine.inventory import Inventory
 from ..migration import MigrationManager
 from ..objects import ObjectRegistry
 from .context import QmpContext
@@ -189,6 +190,7 @@ class QmpServer:
         self.machine = machine
         self.migration: MigrationManager | None = None
         self.objects: ObjectRegistry | None = None
+        self.inventory: Inventory | None = None
         self.dispatch_lock = threading.RLock()
         self._sessions: list[QmpSession] = []
         self._lock = threading.Lock()
@@ -221,7 +223,7 @@ class QmpServer:
         if cmd is None:
             raise QmpError(f"The command {name} has not been found", "CommandNotFound")
         checked = check_arguments(cmd.schema, args)
-        ctx = QmpContext(self.machine, session, self.migration, self.objects)
+        ctx = QmpContext(self.machine, session, self.migration, self.objects, self.inventory)
         return call(cmd, ctx, checked)
 
     def flush(self, timeout: float = 1.0) -> None:

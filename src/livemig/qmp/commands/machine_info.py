@@ -1,6 +1,6 @@
 """What machine this is: query-target, query-machines,
-query-cpu-definitions, query-cpu-model-expansion and
-query-hotpluggable-cpus, as QEMU 7.2 answers them for a one-vCPU PC.
+query-cpu-definitions, query-cpu-model-expansion,
+query-hotpluggable-cpus and query-iothreads, as QEMU 7.2 answers them for a one-vCPU PC.
 
 livemig builds one PC-like machine whatever ``-machine`` type names it
 (pc… or q35…); it lists itself under QEMU 7.2's two PC names, so that a
@@ -18,6 +18,8 @@ from ..registry import command
 _MACHINE = {"cpu-max": 1, "hotpluggable-cpus": False, "numa-mem-supported": False,
             "deprecated": False, "default-cpu-type": "qemu64-x86_64-cpu",
             "default-ram-id": "pc.ram"}
+
+CPU_PATH = "/machine/unattached/device[0]"
 
 # (model, static, migration-safe): livemig's -cpu models.
 CPU_MODELS = (("qemu64", False, True), ("qemu32", False, True), ("base", True, True),
@@ -62,4 +64,12 @@ def query_cpu_model_expansion(ctx: QmpContext, type: str,
 
 @command("query-hotpluggable-cpus")
 def query_hotpluggable_cpus(ctx: QmpContext) -> list[dict[str, Any]]:
-    raise QmpError("machine does not support hot-plugging CPUs")
+    """The one vCPU, present (nothing can be plugged in beside it)."""
+    return [{"type": f"{ctx.machine.config.cpu_model}-x86_64-cpu", "vcpus-count": 1,
+             "props": {"socket-id": 0, "core-id": 0, "thread-id": 0},
+             "qom-path": CPU_PATH}]
+
+
+@command("query-iothreads")
+def query_iothreads(ctx: QmpContext) -> list[dict[str, Any]]:
+    return []  # livemig has no iothreads

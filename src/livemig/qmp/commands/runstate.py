@@ -33,6 +33,14 @@ def system_reset(ctx: QmpContext) -> None:
     ctx.machine.system_reset()
 
 
+@command("system_powerdown")
+def system_powerdown(ctx: QmpContext) -> None:
+    """QEMU presses the ACPI power button; livemig's machine has none, and
+    its guests no driver for one, so it refuses instead of pretending."""
+    raise QmpError("livemig's machine has no ACPI power button: the guest cannot be "
+                   "asked to power off (quit, or virsh destroy, ends it)")
+
+
 @command("quit")
 def quit_(ctx: QmpContext) -> None:
     ctx.machine.request_shutdown("host-qmp-quit")
