@@ -240,7 +240,11 @@ def test_the_throttle_holds_its_share_while_it_is_set_again_and_again(percent: i
             time.sleep(0.02)
         vcpu.stop()
         share = accel.ran / (time.monotonic() - began)
-        assert share == pytest.approx(1 - percent / 100, abs=0.1), share
+        # A kick that comes late (a loaded machine: the suite runs two tests
+        # at a time) lengthens each run slice, so the share may overshoot a
+        # little; the bug this guards against ran the vCPU ~100% of the time.
+        expected = 1 - percent / 100
+        assert expected - 0.1 <= share <= expected + 0.25, share
     finally:
         vcpu.set_throttle(0)
         vcpu.shutdown()

@@ -103,7 +103,8 @@ def _forget_cached_probe(emulator: str) -> None:
 def libvirt(tmp_path: Path) -> Iterator[Libvirt]:
     """A private libvirtd. It runs emulators as root (qemu.conf's user and
     group, restored at teardown): livemig's interpreter lives where
-    libvirt's own qemu user may not read."""
+    libvirt's own qemu user may not read. Without virtlogd: the emulator's
+    output goes to a plain file."""
     import fcntl
 
     # One daemon at a time across pytest-xdist workers: they share /run/libvirt.
@@ -120,7 +121,9 @@ def _configured_daemon(tmp_path: Path) -> Iterator[Libvirt]:
     if reason is not None:
         pytest.skip(reason)
     saved = QEMU_CONF.read_bytes() if QEMU_CONF.exists() else None
-    QEMU_CONF.write_bytes((saved or b"") + b'\nuser = "root"\ngroup = "root"\n')
+    # stdio_handler "file": the emulator's log is a plain file, not virtlogd's.
+    QEMU_CONF.write_bytes((saved or b"") + b'\nuser = "root"\ngroup = "root"\n'
+                          b'stdio_handler = "file"\n')
     try:
         yield from _daemon(tmp_path)
     finally:
