@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,32 +101,33 @@ def _forget_cached_probe(emulator: str) -> None:
 
 
 @pytest.fixture
-def libvirt(tmp_path: Path) -> Iterator[Libvirt]:
-    """A private libvirtd. It runs emulators as root (qemu.conf's user and
-    group, restored at teardown): livemig's interpreter lives where
-    libvirt's own qemu user may not read. Without virtlogd: the emulator's
-    output goes to a plain file."""
+def libvirt_lock() -> Iterator[None]:
+    """One test's daemons at a time across pytest-xdist workers: they share
+    /run/libvirt and the capability cache."""
     import fcntl
 
-    # One daemon at a time across pytest-xdist workers: they share /run/libvirt.
-    lock = open(Path(os.environ.get("TMPDIR", "/tmp")) / "livemig-libvirt-tests.lock", "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-        yield from _configured_daemon(tmp_path)
-    finally:
-        lock.close()
+    with open(Path(os.environ.get("TMPDIR", "/tmp")) / "livemig-libvirt-tests.lock",
+              "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        reason = _missing()
+        if reason is not None:
+            pytest.skip(reason)
+        yield
 
 
-def _configured_daemon(tmp_path: Path) -> Iterator[Libvirt]:
-    reason = _missing()
-    if reason is not None:
-        pytest.skip(reason)
+# Emulators run as root (livemig's interpreter lives where libvirt's own
+# qemu user may not read) and log to a plain file (no virtlogd needed).
+QEMU_CONF_EXTRA = b'\nuser = "root"\ngroup = "root"\nstdio_handler = "file"\n'
+
+
+@pytest.fixture
+def libvirt(tmp_path: Path, libvirt_lock: None) -> Iterator[Libvirt]:
+    """A private libvirtd on the host's libvirt state (qemu.conf is amended
+    for the test and restored at teardown)."""
     saved = QEMU_CONF.read_bytes() if QEMU_CONF.exists() else None
-    # stdio_handler "file": the emulator's log is a plain file, not virtlogd's.
-    QEMU_CONF.write_bytes((saved or b"") + b'\nuser = "root"\ngroup = "root"\n'
-                          b'stdio_handler = "file"\n')
+    QEMU_CONF.write_bytes((saved or b"") + QEMU_CONF_EXTRA)
     try:
-        yield from _daemon(tmp_path)
+        yield from _daemon(tmp_path, [])
     finally:
         if saved is not None:
             QEMU_CONF.write_bytes(saved)
@@ -133,14 +135,39 @@ def _configured_daemon(tmp_path: Path) -> Iterator[Libvirt]:
             QEMU_CONF.unlink()
 
 
-def _daemon(tmp_path: Path) -> Iterator[Libvirt]:
-    daemon = Libvirt(tmp_path)
-    config = tmp_path / "libvirtd.conf"
-    config.write_text(f'unix_sock_dir = "{tmp_path}"\nunix_sock_ro_perms = "0700"\n'
+STATE_DIRS = ("/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt",
+              "/var/log/libvirt")
+
+
+def _namespaced(base: Path) -> list[str]:
+    """The prefix that runs libvirtd in a mount namespace of its own, with
+    private copies of libvirt's configuration and state directories: two
+    such daemons are two hosts to libvirt (with their own host UUIDs)."""
+    binds = []
+    for path in STATE_DIRS:
+        private = base / path.strip("/").replace("/", "_")
+        if path == "/etc/libvirt":
+            shutil.copytree(path, private)
+            qemu_conf = private / "qemu.conf"
+            qemu_conf.write_bytes(qemu_conf.read_bytes() + QEMU_CONF_EXTRA)
+        else:
+            private.mkdir()
+        os.makedirs(path, exist_ok=True)
+        binds.append(f"mount --bind {private} {path}")
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            " && ".join(binds) + ' && exec "$0" "$@"']
+
+
+def _daemon(workdir: Path, prefix: list[str], host_uuid: str | None = None
+            ) -> Iterator[Libvirt]:
+    daemon = Libvirt(workdir)
+    config = workdir / "libvirtd.conf"
+    config.write_text(f'unix_sock_dir = "{workdir}"\nunix_sock_ro_perms = "0700"\n'
                       f'unix_sock_admin_perms = "0700"\nlog_outputs = '
-                      f'"3:file:{tmp_path / "libvirtd.log"}"\n')
-    proc = subprocess.Popen(["libvirtd", "--config", str(config), "--pid-file",
-                             str(tmp_path / "libvirtd.pid")],
+                      f'"3:file:{workdir / "libvirtd.log"}"\n'
+                      + (f'host_uuid = "{host_uuid}"\n' if host_uuid else ""))
+    proc = subprocess.Popen([*prefix, "libvirtd", "--config", str(config), "--pid-file",
+                             str(workdir / "libvirtd.pid")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_until(lambda: daemon.socket.exists() or proc.poll() is not None, 30,
@@ -159,6 +186,24 @@ def _daemon(tmp_path: Path) -> Iterator[Libvirt]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def two_hosts(tmp_path: Path, libvirt_lock: None) -> Iterator[tuple[Libvirt, Libvirt]]:
+    """Two libvirt daemons, each in its own mount namespace: source and
+    destination of a migration on one machine."""
+    import contextlib
+    import uuid
+
+    with contextlib.ExitStack() as stack:
+        hosts = []
+        for name in ("src", "dst"):
+            base = tmp_path / name
+            base.mkdir()
+            daemons = _daemon(base, _namespaced(base), str(uuid.uuid4()))
+            hosts.append(next(daemons))
+            stack.callback(lambda d=daemons: next(d, None))
+        yield hosts[0], hosts[1]
 
 
 @pytest.mark.skipif(LIVEMIG is None, reason="livemig not installed")
@@ -241,3 +286,37 @@ def test_virsh_create_save_restore_destroy(libvirt: Libvirt, emulator: str,
         assert libvirt.states()[name] == "running"
     libvirt.virsh("destroy", name)
     assert name not in libvirt.states()
+
+
+@pytest.mark.parametrize("emulator", _emulators())
+def test_virsh_migrate_live_between_two_daemons(two_hosts: tuple[Libvirt, Libvirt],
+                                                 emulator: str, tmp_path: Path) -> None:
+    """virsh migrate --live from one libvirtd to another (each in its own
+    mount namespace, so with its own state and host UUID): the guest runs on
+    at the destination and its RAM invariant holds there."""
+    src, dst = two_hosts
+    image, serial = tmp_path / "boot.img", tmp_path / "serial.log"
+    write_image(image)
+    name = f"lmmig{os.getpid()}"
+    xml = tmp_path / "domain.xml"
+    xml.write_text(DOMAIN_XML.format(name=name, emulator=emulator, image=image,
+                                     serial=serial))
+    src.virsh("create", str(xml))
+    wait_until(lambda: serial.exists() and b"B" in serial.read_bytes(), 120,
+               "the guest's first walk")
+    # --unsafe: libvirt cannot tell that both "hosts" see the same disk file.
+    with socket.socket() as probe:  # a free port for the migration stream
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    src.virsh("migrate", "--live", "--unsafe", name,
+              f"qemu+unix:///system?socket={dst.socket}",
+              "--migrateuri", f"tcp://127.0.0.1:{port}", timeout=180)
+    assert name not in src.states()
+    assert dst.states()[name] == "running"
+    domain = Domain(dst, name, tmp_path)
+    first = domain.pmem(AB_START, 1)
+    wait_until(lambda: domain.pmem(AB_START, 1) != first, 60, "the migrated guest to run")
+    dst.virsh("suspend", name)
+    check = check_ab_ram(domain)  # type: ignore[arg-type]
+    assert check.ok, check.describe()
+    dst.virsh("destroy", name)

@@ -113,3 +113,15 @@ def test_an_event_outside_the_table_is_refused() -> None:
 
     with pytest.raises(RuntimeError, match="not in the event table"):
         QmpServer.emit(None, "NO_SUCH_EVENT")  # type: ignore[arg-type]
+
+
+def test_the_capabilities_libvirt_sets_are_accepted(vmm_any_accel: VmmKind,
+                                                    lab: VmLauncher) -> None:
+    """libvirt's destination sets late-block-activate (disks activated only
+    at `cont`); livemig never activates a disk, so it accepts it as QEMU does."""
+    vm = lab.start(vmm_any_accel, "dst", boot=False, extra=["-incoming", "defer"])
+    vm.cmd("migrate-set-capabilities", capabilities=[
+        {"capability": "events", "state": True},
+        {"capability": "late-block-activate", "state": True}])
+    caps = {c["capability"]: c["state"] for c in vm.cmd("query-migrate-capabilities")}
+    assert caps["late-block-activate"] is True and caps["events"] is True

@@ -72,10 +72,12 @@ CAPABILITIES = (
 )
 # Capabilities that change what goes on the wire and are not implemented:
 # refused when enabled, rather than silently ignored.
+# (late-block-activate is accepted: it holds disk activation until `cont`
+# on the destination, and livemig, which only reads the boot sector at
+# start-up, never activates or locks a disk; libvirt sets it.)
 UNSUPPORTED = {"rdma-pin-all", "compress", "x-colo", "block",
                "dirty-bitmaps", "zero-copy-send",
-               "release-ram",
-               "late-block-activate", "zero-blocks"}
+               "release-ram", "zero-blocks"}
 
 MAX_DOWNTIME_MS = 2000 * 1000
 SIZE_MAX = (1 << 64) - 1
