@@ -8,7 +8,6 @@ it gets and the set keeps its own."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 
@@ -26,6 +25,8 @@ class FdsetError(LivemigError):
 
 def add(set_id: int, fd: int, opaque: str | None = None) -> None:
     """Put the inherited descriptor ``fd`` into set ``set_id``."""
+    import fcntl  # here, not at start-up: most runs have no fd sets
+
     try:
         fcntl.fcntl(fd, fcntl.F_GETFD)
     except OSError as err:
@@ -46,6 +47,8 @@ def query() -> list[dict[str, object]]:
 
 
 def _access_ok(fd: int, flags: int) -> bool:
+    import fcntl
+
     have = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
     want = flags & os.O_ACCMODE
     return have == os.O_RDWR or have == want
@@ -67,6 +70,9 @@ def open_path(path: str, flags: int, mode: int = 0o666) -> int:
         if _access_ok(fd, flags):
             duplicate = os.dup(fd)  # close-on-exec, as Python makes every new fd
             if flags & os.O_APPEND:
+                import fcntl
+
+
                 status = fcntl.fcntl(duplicate, fcntl.F_GETFL)
                 fcntl.fcntl(duplicate, fcntl.F_SETFL, status | os.O_APPEND)
             return duplicate

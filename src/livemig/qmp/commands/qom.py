@@ -1,5 +1,7 @@
 """QOM introspection: qom-list-types, qom-list-properties and
-device-list-properties, answered from livemig's type table (qom_types)."""
+device-list-properties, answered from livemig's type table (qom_types,
+loaded at the first question: start-up does not need it); qom-list and
+qom-get of the vCPU and /machine/peripheral."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ from typing import Any
 
 from ...errors import QmpError
 from ..context import QmpContext
-from ..qom_types import TYPES, ancestors
 from ..registry import command
 from .machine_info import CPU_PATH
 
@@ -15,6 +16,8 @@ from .machine_info import CPU_PATH
 @command("qom-list-types", {"*implements": "str", "*abstract": "bool"})
 def qom_list_types(ctx: QmpContext, implements: str | None = None,
                    abstract: bool = False) -> list[dict[str, Any]]:
+    from ..qom_types import TYPES, ancestors
+
     out = []
     for name, info in TYPES.items():
         if info.abstract and not abstract:
@@ -31,11 +34,15 @@ def qom_list_types(ctx: QmpContext, implements: str | None = None,
 
 
 def _properties(name: str) -> list[dict[str, Any]]:
+    from ..qom_types import TYPES
+
     return [{"name": prop, "type": typ} for prop, typ in TYPES[name].properties]
 
 
 @command("qom-list-properties", {"typename": "str"})
 def qom_list_properties(ctx: QmpContext, typename: str) -> list[dict[str, Any]]:
+    from ..qom_types import TYPES
+
     if typename not in TYPES:
         raise QmpError(f"Class '{typename}' not found", "DeviceNotFound")
     return _properties(typename)
@@ -43,6 +50,8 @@ def qom_list_properties(ctx: QmpContext, typename: str) -> list[dict[str, Any]]:
 
 @command("device-list-properties", {"typename": "str"})
 def device_list_properties(ctx: QmpContext, typename: str) -> list[dict[str, Any]]:
+    from ..qom_types import TYPES, ancestors
+
     if typename not in TYPES:
         raise QmpError(f"Device '{typename}' not found", "DeviceNotFound")
     if "device" not in ancestors(typename):
