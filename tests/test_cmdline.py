@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from conftest import LIVEMIG, QEMU
 
 from livemig.guest import write_image
-from livemig.lab import wait_until
+from livemig.lab import VmLauncher, VmmKind, wait_until
 
 pytestmark = pytest.mark.skipif(LIVEMIG is None, reason="livemig not installed")
 
@@ -192,3 +193,21 @@ def test_daemonize_and_pidfile(tmp_path: Path) -> None:
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pidfile.exists()  # removed on the way out
+
+
+def test_debug_threads_names_the_threads_as_qemu_does(vmm_any_accel: VmmKind,
+                                                      lab: VmLauncher) -> None:
+    """-name …,debug-threads=on (the lab always passes it): the vCPU thread's
+    OS name is QEMU's "CPU 0/TCG" on both VMMs."""
+    vm = lab.start(vmm_any_accel, "named")
+    vm.wait_serial(b"A", timeout=60)
+    task = Path(f"/proc/{vm.process.pid}/task")
+
+    def names() -> set[str]:
+        out = set()
+        for tid in task.iterdir():
+            with contextlib.suppress(OSError):
+                out.add((tid / "comm").read_text().strip())
+        return out
+
+    assert "CPU 0/TCG" in names()

@@ -48,6 +48,7 @@ class SystemOptions:
         self.machine_accel: list[str] | None = None
         self.accel_options: list[str] = []
         self.name: str | None = None
+        self.debug_threads = False            # -name …,debug-threads=on: OS thread names
         self.serial: list[str] = []
         self.drives: list[DriveOption] = []
         self.chardevs: list[dict[str, str]] = []
@@ -214,7 +215,7 @@ def _name(o: SystemOptions, text: str) -> None:
     opts = _opts(text, "guest", "name")
     _reject_unknown(opts, PARAMETERS["name"], "name")
     if "debug-threads" in opts:
-        parse_bool("debug-threads", opts["debug-threads"])
+        o.debug_threads = parse_bool("debug-threads", opts["debug-threads"])
     o.name = opts.get("guest")
 
 
@@ -560,7 +561,7 @@ A QEMU-compatible virtual machine monitor (one x86 vCPU, no BIOS: the first
   -object memory-backend-memfd,id=ID,size=SIZE[,share=on|off][,prealloc=on]
   -object memory-backend-file,id=ID,size=SIZE,mem-path=PATH[,share=on|off]
   -smp 1                             one vCPU
-  -name NAME[,debug-threads=on]      the guest's name (query-name)
+  -name NAME[,debug-threads=on]      the guest's name (query-name); on: OS thread names
   -drive file=PATH,format=raw        boot disk (512-byte boot sector, 0x55AA)
   -serial file:PATH|stdio|null|none|chardev:ID|unix:…|tcp:…
   -chardev socket|file|null|stdio,id=ID,…

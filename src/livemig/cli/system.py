@@ -354,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if opts.daemonize:
         _daemonize()
+    if opts.debug_threads:
+        from .. import thread_names
+        thread_names.install()
     try:
         system = System(opts)
         system.handle_signals()
