@@ -126,6 +126,8 @@ class IncomingMigration:
 
     def start(self) -> None:
         if self._thread is None:
+            # Before the reply to migrate-incoming, as QEMU (StatusMachine.herald).
+            self.status.herald(S.SETUP, lambda s: self._emit("MIGRATION", {"status": s.value}))
             self._thread = jobthread.start("migration_incoming", self._run, self._crashed)
 
     @property

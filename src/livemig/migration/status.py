@@ -95,6 +95,8 @@ class StatusMachine:
         # Source only: once the last record has gone out, a cancel is too late
         # (the destination may already run the guest): see commit().
         self._committed = False
+        # A status said ahead of the move (see herald()): the move is then silent.
+        self._heralded: Status | None = None
 
     @property
     def status(self) -> Status:
@@ -139,6 +141,22 @@ class StatusMachine:
             self._committed = True
             return True
 
+    def herald(self, upcoming: Status, say: Announce) -> None:
+        """Say ``upcoming`` now, through ``say``, though the status takes it
+        later; the move itself is then not announced again.
+
+        The destination's case: QEMU announces 'setup' as it starts to
+        listen, before its reply to migrate-incoming and whether or not the
+        events capability is on, and libvirt's restore waits on exactly
+        that; the status itself becomes 'setup' when a source connects."""
+        with self._cond:
+            self._check(self._status, upcoming)
+            self._heralded = upcoming
+            try:
+                say(upcoming)
+            except Exception:  # as in _set: an unsent event changes nothing
+                log.exception("could not announce migration status %s", upcoming)
+
     def crash(self, reason: str) -> Status:
         """The job hit a bug: fail it, or pause it after switchover. The one
         move that ignores the table; it never raises."""
@@ -155,8 +173,10 @@ class StatusMachine:
     def _set(self, new: Status) -> None:
         """With _cond held: record and announce (the announcer must not block)."""
         self._status = new
+        heralded, self._heralded = self._heralded, None
         try:
-            self._announce(new)
+            if new != heralded:
+                self._announce(new)
         except Exception:  # an event that cannot be sent must not change the job
             log.exception("could not announce migration status %s", new)
         self._cond.notify_all()
