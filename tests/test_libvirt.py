@@ -241,21 +241,40 @@ def _emulators() -> list[pytest.param]:
                          marks=pytest.mark.skipif(QEMU is None, reason="no QEMU"))]
 
 
-@pytest.mark.parametrize("emulator", _emulators())
-def test_virsh_create_save_restore_destroy(libvirt: Libvirt, emulator: str,
-                                           tmp_path: Path) -> None:
-    """The built-in guest as a libvirt domain (tcg): created, saved with
-    domjobinfo watched, restored, still running with its RAM invariant."""
-    _forget_cached_probe(emulator)
+def _create_walking_domain(libvirt: Libvirt, emulator: str, tmp_path: Path,
+                           name: str) -> None:
+    """virsh create the built-in guest as ``name`` and wait for its first
+    whole walk of RAM (the serial's 'B')."""
     image, serial = tmp_path / "boot.img", tmp_path / "serial.log"
     write_image(image)
-    name = f"lmtest{os.getpid()}"
     xml = tmp_path / "domain.xml"
     xml.write_text(DOMAIN_XML.format(name=name, emulator=emulator, image=image,
                                      serial=serial))
     libvirt.virsh("create", str(xml))
     wait_until(lambda: serial.exists() and b"B" in serial.read_bytes(), 120,
                "the guest's first walk")
+
+
+def _check_runs_and_is_consistent(libvirt: Libvirt, name: str, tmp_path: Path) -> None:
+    """The domain ``name`` runs (its walk moves on), and once suspended its
+    RAM holds the built-in guest's invariant."""
+    assert libvirt.states()[name] == "running"
+    domain = Domain(libvirt, name, tmp_path)
+    first = domain.pmem(AB_START, 1)
+    wait_until(lambda: domain.pmem(AB_START, 1) != first, 60, "the guest to run")
+    libvirt.virsh("suspend", name)
+    check = check_ab_ram(domain)  # type: ignore[arg-type]
+    assert check.ok, check.describe()
+
+
+@pytest.mark.parametrize("emulator", _emulators())
+def test_virsh_create_save_restore_destroy(libvirt: Libvirt, emulator: str,
+                                           tmp_path: Path) -> None:
+    """The built-in guest as a libvirt domain (tcg): created, saved with
+    domjobinfo watched, restored, still running with its RAM invariant."""
+    _forget_cached_probe(emulator)
+    name = f"lmtest{os.getpid()}"
+    _create_walking_domain(libvirt, emulator, tmp_path, name)
     saved = tmp_path / "guest.save"
     save = subprocess.Popen(["virsh", "-c", libvirt.uri, "save", name, str(saved)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -269,13 +288,7 @@ def test_virsh_create_save_restore_destroy(libvirt: Libvirt, emulator: str,
     assert saved.stat().st_size > 1 << 20
     assert "Save" in jobs, jobs  # virsh domjobinfo saw the save as it ran
     libvirt.virsh("restore", str(saved))
-    assert libvirt.states()[name] == "running"
-    domain = Domain(libvirt, name, tmp_path)
-    first = domain.pmem(AB_START, 1)
-    wait_until(lambda: domain.pmem(AB_START, 1) != first, 60, "the restored guest to run")
-    libvirt.virsh("suspend", name)
-    check = check_ab_ram(domain)  # type: ignore[arg-type]
-    assert check.ok, check.describe()
+    _check_runs_and_is_consistent(libvirt, name, tmp_path)
     if emulator == str(LIVEMIG):
         # No ACPI: livemig refuses virsh shutdown (QEMU's guest, with no
         # driver for the button, would ignore it) and the domain runs on.
@@ -295,15 +308,8 @@ def test_virsh_migrate_live_between_two_daemons(two_hosts: tuple[Libvirt, Libvir
     mount namespace, so with its own state and host UUID): the guest runs on
     at the destination and its RAM invariant holds there."""
     src, dst = two_hosts
-    image, serial = tmp_path / "boot.img", tmp_path / "serial.log"
-    write_image(image)
     name = f"lmmig{os.getpid()}"
-    xml = tmp_path / "domain.xml"
-    xml.write_text(DOMAIN_XML.format(name=name, emulator=emulator, image=image,
-                                     serial=serial))
-    src.virsh("create", str(xml))
-    wait_until(lambda: serial.exists() and b"B" in serial.read_bytes(), 120,
-               "the guest's first walk")
+    _create_walking_domain(src, emulator, tmp_path, name)
     # --unsafe: libvirt cannot tell that both "hosts" see the same disk file.
     with socket.socket() as probe:  # a free port for the migration stream
         probe.bind(("127.0.0.1", 0))
@@ -312,11 +318,5 @@ def test_virsh_migrate_live_between_two_daemons(two_hosts: tuple[Libvirt, Libvir
               f"qemu+unix:///system?socket={dst.socket}",
               "--migrateuri", f"tcp://127.0.0.1:{port}", timeout=180)
     assert name not in src.states()
-    assert dst.states()[name] == "running"
-    domain = Domain(dst, name, tmp_path)
-    first = domain.pmem(AB_START, 1)
-    wait_until(lambda: domain.pmem(AB_START, 1) != first, 60, "the migrated guest to run")
-    dst.virsh("suspend", name)
-    check = check_ab_ram(domain)  # type: ignore[arg-type]
-    assert check.ok, check.describe()
+    _check_runs_and_is_consistent(dst, name, tmp_path)
     dst.virsh("destroy", name)
