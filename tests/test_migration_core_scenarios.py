@@ -62,8 +62,9 @@ def _migrate_to_drain(src: Vm, path: Path) -> threading.Thread:
 
 def test_cancel_around_completion_always_ends_cleanly(vmm_any_accel: VmmKind,
                                                       lab: VmLauncher) -> None:
-    """migrate_cancel at random moments around completion, 30 times: the job
-    ends cancelled or completed, never stuck, and the next migrate starts."""
+    """migrate_cancel at random moments around completion, 30 times (up to 60
+    while one ending has not been seen): the job ends cancelled or completed,
+    never stuck, and the next migrate starts."""
     kind = vmm_any_accel
     src = lab.start(kind, "src")
     set_parameter(src, "max-bandwidth", FAST)
@@ -75,7 +76,14 @@ def test_cancel_around_completion_always_ends_cleanly(vmm_any_accel: VmmKind,
     span = 2 * info["total-time"] / 1000
     rng = random.Random(8)
     outcomes: set[str] = set()
-    for index in range(30):
+    for index in range(60):
+        if index >= 30:
+            if outcomes == {"cancelled", "completed"}:
+                break
+            # A loaded machine (CI: QEMU's 30 all cancelled): its migrations
+            # now take longer or shorter than the one timed; aim where the
+            # missing ending lies.
+            span *= 1.5 if "completed" not in outcomes else 0.6
         try:
             outcomes.add(_cancel_once(src, lab.workdir / f"drain{index}.sock",
                                       rng.uniform(0, span)))
