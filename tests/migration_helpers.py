@@ -25,8 +25,9 @@ def start_dest(lab: VmLauncher, kind: VmmKind, name: str, uri: str,
 
 
 def start_pair(lab: VmLauncher, kind: VmmKind, uri: str, src_extra: list[str] | None = None,
-               dst_extra: list[str] | None = None) -> tuple[Vm, Vm]:
-    src = lab.start(kind, "src", extra=src_extra)
+               dst_extra: list[str] | None = None,
+               src_env: dict[str, str] | None = None) -> tuple[Vm, Vm]:
+    src = lab.start(kind, "src", extra=src_extra, env=src_env)
     return src, start_dest(lab, kind, "dst", uri, dst_extra)
 
 

@@ -35,14 +35,15 @@ def postcopy_prepare(lab: VmLauncher, kind: VmmKind, uri: str | None = None,
                      src_extra: list[str] | None = None,
                      dst_extra: list[str] | None = None,
                      before_migrate: Callable[[Vm, Vm], None] | None = None,
-                     first_output: bytes = b"B") -> tuple[Vm, Vm, str]:
+                     first_output: bytes = b"B",
+                     src_env: dict[str, str] | None = None) -> tuple[Vm, Vm, str]:
     """migrate_postcopy_prepare: both capabilities, a precopy that cannot
     converge (1 ms downtime), one full pass done. ``before_migrate``: more
     settings for both sides (capabilities such as postcopy-preempt).
     ``first_output``: what the guest prints before migrate starts (the
     reference waits for a 'B'; under nested KVM a 'B' takes 16 s)."""
     uri = uri or f"unix:{lab.workdir / 'migsocket'}"
-    src, dst = start_pair(lab, kind, uri, src_extra, dst_extra)
+    src, dst = start_pair(lab, kind, uri, src_extra, dst_extra, src_env)
     enable_postcopy(src, dst)
     if before_migrate is not None:
         before_migrate(src, dst)

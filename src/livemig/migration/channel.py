@@ -15,11 +15,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import MigrationError
+from . import splice
 from .codec import BufferedReader
 from .listener import Listener, TakeFd, incoming_fd, open_stream_file, tcp_host
 from .uri import Uri
 
 if TYPE_CHECKING:
+    from .splice import PageSplicer
     from .tls import TlsConfig, TlsSession
 
 IOV_MAX = 1024
@@ -79,11 +81,47 @@ class Channel:
         self.label = label
         self.tcp = tcp
         self._reader: BufferedReader | None = None
+        self._splicer: PageSplicer | None = None
 
-    def send(self, buffers: Sequence[bytes | memoryview]) -> int:
-        """Write every buffer, in order; gathered into few system calls."""
+    def send(self, buffers: Sequence[bytes | memoryview], zero_copy: bool = False) -> int:
+        """Write every buffer, in order; gathered into few system calls.
+
+        ``zero_copy``: the writable buffers are guest RAM that may be sent
+        by reference (splice.py says when that is safe); on a plain socket
+        the large ones then go without being copied."""
         if self.tls is not None:
             return self.tls.send(buffers)
+        if zero_copy and self.sock is not None:
+            splicer = self._page_splicer()
+            if splicer is not None:
+                return self._send_spliced(buffers, splicer)
+        return self._gather(buffers)
+
+    def _page_splicer(self) -> PageSplicer | None:
+        if self._splicer is None and self.sock is not None and splice.available():
+            self._splicer = splice.PageSplicer(self.sock.fileno())
+        return self._splicer
+
+    def _send_spliced(self, buffers: Sequence[bytes | memoryview],
+                      splicer: PageSplicer) -> int:
+        """Small buffers gathered as usual, each large RAM one spliced."""
+        total = 0
+        small: list[bytes | memoryview] = []
+        for buffer in buffers:
+            view = memoryview(buffer).cast("B")
+            address = splice.address_of(view) if len(view) >= splice.MIN_SPLICE else None
+            if address is None:
+                small.append(view)
+                continue
+            if small:
+                total += self._gather(small)
+                small = []
+            total += splicer.send(address, len(view))
+        if small:
+            total += self._gather(small)
+        return total
+
+    def _gather(self, buffers: Sequence[bytes | memoryview]) -> int:
         total = 0
         pending = [memoryview(b).cast("B") for b in buffers if len(b)]
         first = 0  # pending[:first] has gone out
@@ -185,6 +223,9 @@ class Channel:
 
     def close(self) -> None:
         """Release the channel (by the thread that uses it)."""
+        if self._splicer is not None:
+            self._splicer.close()
+            self._splicer = None
         if self.sock is not None:
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)

@@ -193,7 +193,7 @@ class MultifdSender:
         records = ChunkRecords(self._ram, first, mask, compress=compress)
         if live:
             self._limiter.wait(records.nbytes)
-        sent = channel.send(records.buffers)
+        sent = channel.send(records.buffers, zero_copy=compress is None)
         with self._lock:
             self._stats.duplicate += records.zero
             self._stats.normal += records.normal

@@ -386,11 +386,12 @@ class OutgoingMigration:
             raise Cancelled()
 
     def _send(self, buffers: list[bytes | memoryview], kind: str, zero: int = 0,
-              normal: int = 0) -> None:
+              normal: int = 0, zero_copy: bool = False) -> None:
         """Send on the main channel and count: ``kind`` is precopy or downtime;
-        ``zero`` and ``normal``: the pages the buffers carry."""
+        ``zero`` and ``normal``: the pages the buffers carry; ``zero_copy``:
+        the RAM among them may go by reference (splice.py)."""
         assert self._channel is not None
-        self._count(self._channel.send(buffers), kind, zero, normal)
+        self._count(self._channel.send(buffers, zero_copy), kind, zero, normal)
 
     def _count(self, sent: int, kind: str, zero: int = 0, normal: int = 0) -> None:
         with self._stats_lock:
@@ -530,7 +531,9 @@ class OutgoingMigration:
                                              records.nbytes)
         if live:
             self.limiter.wait(nbytes)
-        self._send(buffers, "precopy" if live else "downtime", zero, normal)
+        # Pages straight from RAM may go by reference; xbzrle's buffers are its own.
+        self._send(buffers, "precopy" if live else "downtime", zero, normal,
+                   zero_copy=self.xbzrle is None)
 
     def _start_xbzrle(self) -> None:
         """After the first pass (as QEMU), and anew if xbzrle-cache-size changed."""

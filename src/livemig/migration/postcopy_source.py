@@ -275,13 +275,15 @@ class PostcopySource:
         poller.register(channel.sock.fileno(), select.POLLOUT)
         poller.poll(100)  # at worst the send below blocks, as it would anyway
 
-    def _send(self, buffers: list[bytes | memoryview], preempt: bool = False) -> None:
-        """Send on the main channel (or the preempt one), one writer at a time."""
+    def _send(self, buffers: list[bytes | memoryview], preempt: bool = False,
+              zero_copy: bool = False) -> None:
+        """Send on the main channel (or the preempt one), one writer at a time.
+        ``zero_copy``: RAM pages, sent by reference (the guest is stopped)."""
         channel = self._preempt if preempt else self._channel
         if channel is None:
             raise LivemigError("no channel")
         with self._preempt_lock if preempt else self._main_lock:
-            sent = channel.send(buffers)
+            sent = channel.send(buffers, zero_copy)
         with self._stats_lock:
             self.stats.transferred += sent
             self.stats.postcopy_bytes += sent
@@ -307,7 +309,7 @@ class PostcopySource:
         """Send runs claimed earlier; END may follow once none is in flight."""
         try:
             for run in records:
-                self._send(run.buffers, preempt)
+                self._send(run.buffers, preempt, zero_copy=True)
         finally:
             with self._cond:
                 self._in_flight -= len(records)
