@@ -26,8 +26,8 @@ class SlowEndChannel(Channel):
 
     source: PostcopySource
 
-    def send(self, buffers: Sequence[bytes | memoryview]) -> int:
-        sent = super().send(buffers)
+    def send(self, buffers: Sequence[bytes | memoryview], zero_copy: bool = False) -> int:
+        sent = super().send(buffers, zero_copy)
         if bytes(buffers[-1]) == End().encode():
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
