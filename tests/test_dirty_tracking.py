@@ -108,3 +108,36 @@ def test_vcpu_stop_is_exact_on_tcg() -> None:
         assert progressed > 20  # each stop really interrupted a running walk
     finally:
         machine.close()
+
+
+def _anon_huge_kib() -> int:
+    for line in open("/proc/self/smaps_rollup").read().splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.skipif(UFFD_PROBLEM is not None,
+                    reason=f"userfaultfd write-protect: {UFFD_PROBLEM}")
+def test_huge_pages_still_track_single_pages() -> None:
+    """Guest RAM asks for transparent huge pages (memory/ram.py); one byte
+    written into a huge page must still dirty one 4 KiB page, not 512."""
+    from livemig.memory.ram import GuestRam
+
+    before = _anon_huge_kib()
+    ram = GuestRam(64 << 20)
+    try:
+        ram.view[:] = b"\x01" * ram.size
+        if _anon_huge_kib() - before < 32 << 10:
+            pytest.skip("guest RAM got no transparent huge pages here")
+        tracker = UffdWpDirtyTracker(ram)
+        tracker.start()
+        try:
+            assert tracker.sync().sum() == 0
+            ram.view[(5 << 21) + 3 * 4096] = 7   # inside the sixth huge page
+            dirty = tracker.sync()
+            assert np.flatnonzero(dirty).tolist() == [(5 << 9) + 3]
+        finally:
+            tracker.stop()
+    finally:
+        ram.close()

@@ -33,6 +33,7 @@ MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x01, 0x02, 0x20, 0x4000
 MAP_FAILED = ctypes.c_void_p(-1).value
 MADV_DONTNEED = 4
 MADV_REMOVE = 9  # frees a shared mapping's pages in its file: they read as zero
+MADV_HUGEPAGE, MADV_NOHUGEPAGE = 14, 15  # transparent huge pages: ask for them, or not
 MADV_POPULATE_WRITE = 23  # Linux 5.14: fault the range in, writable, in one call
 EHWPOISON = 133  # <asm-generic/errno.h>; not in Python's errno module
 
@@ -42,6 +43,19 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
                        ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def _wants_huge_pages() -> bool:
+    """Anonymous guest RAM asks for transparent huge pages (MADV_HUGEPAGE),
+    as QEMU's does: where THP is in ``madvise`` mode (these machines) it is
+    otherwise backed by 4 KiB pages only, and a guest that walks its memory
+    misses the host's TLB on every page, and a migration destination takes
+    a page fault per 4 KiB it receives (docs/benchmarks.md). Dirty tracking
+    stays per 4 KiB page: the kernel splits a huge page at its first
+    write-protect fault (tests/test_dirty_tracking.py). ``LIVEMIG_THP=0``
+    leaves RAM on small pages (for comparisons); a kernel without THP
+    refuses the advice, which changes nothing else."""
+    return os.environ.get("LIVEMIG_THP", "1") != "0"
 
 
 class GuestRam:
@@ -64,11 +78,13 @@ class GuestRam:
                 os.close(backing.fd)
             raise BootError(f"could not map {size} bytes of guest RAM: {os.strerror(code)}")
         self.size = size
+        self.address: int = address
+        self.huge = backing is None and _wants_huge_pages()
+        self.huge_pages(True)
         # The backend, while the RAM is mapped from one (its fd stays open so
         # that it can be handed on); shared: the guest's writes land in it.
         self.backing = backing
         self.shared = backing is not None and backing.shared
-        self.address: int = address
         self.pages = size // PAGE_SIZE
         # Safe: [address, address+size) stays mapped until close(), and every
         # view below is dropped before the munmap there.
@@ -150,6 +166,14 @@ class GuestRam:
 
         pages = np.frombuffer(self._buffer, dtype=np.uint8)[::PAGE_SIZE]
         pages[:] = 0
+
+    def huge_pages(self, allowed: bool) -> None:
+        """Allow transparent huge pages from now on, or not (a postcopy
+        destination: see migration/incoming.py). Pages already huge stay
+        so until split. Only anonymous RAM that asked for them is touched."""
+        if self.huge:
+            _libc.madvise(self.address, self.size,
+                          MADV_HUGEPAGE if allowed else MADV_NOHUGEPAGE)
 
     def discard(self, address: int, length: int) -> None:
         """Drop the pages of [address, +length): they read as zero again
