@@ -496,7 +496,23 @@ def test_start_up_imports_nothing_heavy_and_warms_up_after_the_greeting(
         vm.connect()
         wait_until(lambda vm=vm: HEAVY <= _imported(vm), 30, "the warm-up imports")
         assert vm.status() in ("running", "inmigrate")
+        # numpy's OpenBLAS starts no worker threads (they would spin on the
+        # vCPU's cores): a worker would take the warm-up thread's name and
+        # outlive it.
+        wait_until(lambda vm=vm: "mig/warm-up" not in _thread_names(vm), 30,
+                   "the warm-up thread to end, leaving no thread of its name")
         vm.kill()
+
+
+def _thread_names(vm: Vm) -> list[str]:
+    task = Path(f"/proc/{vm.process.pid}/task")
+    names = []
+    for entry in task.iterdir():
+        try:
+            names.append((entry / "comm").read_text().strip())
+        except OSError:
+            continue  # a thread that just ended
+    return names
 
 
 def test_uuid_validation(vmm_any_accel: VmmKind, lab: VmLauncher) -> None:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from .. import QEMU_COMPAT_VERSION, __version__, fdsets
+from .. import QEMU_COMPAT_VERSION, __version__, fdsets, one_numpy_thread
 from .. import chardev as chardevs
 from ..errors import ConfigError, LivemigError
 from ..logs import get_logger
@@ -338,6 +338,7 @@ _DAEMON_PIPE: list[int] = []
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    one_numpy_thread()  # before anything loads numpy (the warm-up, a job)
     # QMP accepts JSON nested as deep as QEMU does (jsonstream.MAX_NESTING).
     sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_NEEDED))
     try:

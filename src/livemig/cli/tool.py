@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import one_numpy_thread
 from ..guest import GUESTS, write_image
 
 
@@ -297,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    one_numpy_thread()  # the lab's own numpy, beside the VMs it measures
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     return int(args.func(args))
 
