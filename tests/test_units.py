@@ -243,3 +243,32 @@ def test_whole_milliseconds_are_counted_as_qemu_counts_them() -> None:
     assert set(readings) == {2, 3}
     assert abs(sum(readings) / len(readings) - 2.5) < 0.05
     assert ms_since(5.0, 5.0) == 0
+
+
+def test_a_zero_run_kept_present_writes_only_pages_that_had_data() -> None:
+    """A postcopy-capable destination loads a zero run without dropping
+    pages (a dropped page would fault as missing after the switch) and
+    without allocating the ones never touched: RAM reads zero, every page
+    is mapped (pagemap's present bit), and RSS grows only by the pages
+    that held data."""
+    from livemig.memory.ram import GuestRam
+
+    def rss_kib() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * 4
+
+    size, page = 64 << 20, 4096
+    ram = GuestRam(size)
+    try:
+        ram.view[10 * page:20 * page] = b"\x5a" * (10 * page)
+        before = rss_kib()
+        ram.zero(0, size, keep_present=True)
+        grown_kib = rss_kib() - before
+        assert not np.frombuffer(ram.view, dtype=np.uint64).any()
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            pagemap.seek((ram.address // page) * 8)
+            entries = np.frombuffer(pagemap.read(8 * (size // page)), dtype=np.uint64)
+        assert ((entries >> np.uint64(63)) & np.uint64(1)).all(), "a page was left unmapped"
+        assert grown_kib < 16 << 10, f"RSS grew by {grown_kib} KiB for 40 KiB of data"
+    finally:
+        ram.close()

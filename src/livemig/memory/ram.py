@@ -192,17 +192,36 @@ class GuestRam:
         loads a zero run. Dropping the pages (MADV_DONTNEED) costs nothing
         for pages never touched, which on a fresh destination is nearly
         all of them, and frees those that were; writing zeros would first
-        fault in a page for each. ``keep_present``: write zeros instead,
-        for a destination that may switch to postcopy: once RAM is
+        fault in a page for each. ``keep_present``: keep every page mapped
+        instead, for a destination that may switch to postcopy: once RAM is
         registered for missing-page faults, a dropped page would fault and
-        nothing would ever send it. A private mapping of a file is written
-        too: dropped, its pages would read the file's contents again."""
-        if keep_present or (self.backing is not None and not self.shared):
-            self.check_range(address, length)
+        nothing would ever send it. A private mapping of a file is kept
+        too: dropped, its pages would read the file's contents again. Then
+        only pages that are not zero already are written, as QEMU does:
+        reading a page never touched maps the kernel's shared zero page
+        (present, and no memory spent), where writing zeros would allocate
+        and clear a page for each (measured: 4 MiB in 11-21 ms here when
+        the allocation is a fresh huge page)."""
+        if not (keep_present or (self.backing is not None and not self.shared)):
+            self.discard(address, length)
+            return
+        self.check_range(address, length)
+        import numpy as np
+
+        from .page_runs import runs
+
+        first = address // PAGE_SIZE
+        count = -(-length // PAGE_SIZE)
+        if address % PAGE_SIZE or length % PAGE_SIZE:
             # Safe: check_range proved [address, +length) lies inside the mapping.
             ctypes.memset(self.address + address, 0, length)
-        else:
-            self.discard(address, length)
+            return
+        pages = self.array[address:address + length].view(np.uint64).reshape(count, -1)
+        written = np.bitwise_or.reduce(pages, axis=1) != 0
+        for start, n in zip(*runs(written), strict=True):
+            # Safe: the run lies inside [address, +length), checked above.
+            ctypes.memset(self.address + (first + int(start)) * PAGE_SIZE, 0,
+                          int(n) * PAGE_SIZE)
 
     def mark_dirty(self, address: int, length: int) -> None:
         if length <= 0:

@@ -499,7 +499,6 @@ class IncomingMigration:
         assert self._state is not None  # the phases allow END only after a state record
         state.apply(self.machine, self._state)
         self._close_channel()
-        self.machine.ram.huge_pages(True)
         self.times.end = time.monotonic()
         self._must(self.status.transition(S.ACTIVE, S.COMPLETED))
         self._start_guest()
@@ -524,11 +523,6 @@ class IncomingMigration:
         why = probe_missing(kernel_faults=self.machine.accel_name == "kvm")
         if why is not None:
             raise MigrationReceiveError(f"postcopy needs userfaultfd here: {why}")
-        # As QEMU: no huge pages while a switch may come. Switchover drops
-        # the stale pages, which would split huge pages one by one inside
-        # the guest's pause (measured: 50 against 28 ms); they are allowed
-        # again once the migration has completed.
-        self.machine.ram.huge_pages(False)
 
     def _switch_over(self, channel: Channel) -> None:
         """Postcopy from here: apply the state, register RAM with userfaultfd,
@@ -563,7 +557,7 @@ class IncomingMigration:
         self.postcopy.finish()
         self._return.send([Done().encode()])
         self._close_channel()
-        self.machine.ram.huge_pages(True)
+        self.machine.ram.huge_pages(True)  # off since the switch (postcopy_dest)
         self.times.end = time.monotonic()
         self._must(self.status.transition(S.POSTCOPY_ACTIVE, S.COMPLETED))
 

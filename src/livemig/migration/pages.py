@@ -12,18 +12,14 @@ from collections.abc import Callable
 import numpy as np
 
 from ..memory import PAGE_SIZE, GuestRam
+from ..memory.page_runs import runs
 from .codec import CompressedRun, PageRun, ZeroRun
+
+__all__ = ["CHUNK_PAGES", "DOWNTIME_CHUNK_PAGES", "ChunkRecords", "nonzero_pages", "runs"]
 
 CHUNK_PAGES = 1024  # 4 MiB: the unit of rate limiting and cancellation checks
 DOWNTIME_CHUNK_PAGES = 16384  # 64 MiB: while the guest is stopped, fewer, larger sends
 _WORDS = PAGE_SIZE // 8
-
-
-def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start offsets and lengths of the True runs in a bool array."""
-    edges = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
-    starts = np.flatnonzero(edges == 1)
-    return starts, np.flatnonzero(edges == -1) - starts
 
 
 def nonzero_pages(ram: GuestRam, first: int, dirty: np.ndarray) -> np.ndarray:
