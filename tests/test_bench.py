@@ -128,6 +128,9 @@ def test_bench_postcopy_of_a_workload_guest_over_tcp_draws_its_block_time(
     blocked = [s["postcopy-blocktime"] for s in run["timeline"] if "postcopy-blocktime" in s]
     assert blocked and blocked == sorted(blocked)   # sampled from the destination, growing
     assert run["extra"]["blocktime-ms"] >= blocked[-1]
+    # The VMM-neutral figure: the vCPU's sleep after the switch, from /proc.
+    assert "vCPU asleep after the switch" in result.stdout
+    assert 0 <= run["extra"]["vcpu-asleep-ms"] <= run["extra"]["postcopy-ms"]
     assert subprocess.run([TOOL, "report", str(out), "--png", str(png)],
                           timeout=120).returncode == 0
     assert png.stat().st_size > 10_000

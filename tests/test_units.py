@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -272,3 +274,46 @@ def test_a_zero_run_kept_present_writes_only_pages_that_had_data() -> None:
         assert grown_kib < 16 << 10, f"RSS grew by {grown_kib} KiB for 40 KiB of data"
     finally:
         ram.close()
+
+
+def test_vcpu_sleep_is_told_from_running_by_the_kernel_accounting() -> None:
+    """lab/vcpu_time.py on real threads named as vCPUs: one that sleeps
+    100 ms reads ~100 ms asleep, one that spins reads ~0."""
+    import threading
+    import time
+
+    from livemig.lab import vcpu_time
+    from livemig.thread_names import set_os_name
+
+    def measure(work: str) -> float:
+        named, go, done = threading.Event(), threading.Event(), threading.Event()
+
+        def vcpu() -> None:
+            set_os_name("CPU 0/TEST")
+            named.set()
+            go.wait()
+            if work == "sleep":
+                time.sleep(0.1)
+            else:
+                end = time.monotonic() + 0.1
+                while time.monotonic() < end:
+                    pass
+            done.wait()
+
+        thread = threading.Thread(target=vcpu)
+        thread.start()
+        try:
+            assert named.wait(10)
+            first = vcpu_time.sample(os.getpid())
+            go.set()
+            time.sleep(0.1)
+            last = vcpu_time.sample(os.getpid())
+        finally:
+            done.set()
+            thread.join()
+        asleep = vcpu_time.asleep_ms(first, last)
+        assert asleep is not None, "no thread named CPU n found"
+        return asleep
+
+    assert measure("sleep") > 60
+    assert measure("spin") < 40

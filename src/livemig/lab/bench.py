@@ -37,10 +37,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..guest.dirty import DirtyParams, image
+from . import vcpu_time
 from .certs import x509_dirs
 from .checks import check_ab_ram, check_dirty_ram
 from .link import Link
 from .timeline import Timeline, run_record, write_results
+from .vcpu_time import VcpuSample
 from .vmm import (
     LIVEMIG_BINARY,
     QEMU_BINARY,
@@ -148,6 +150,7 @@ METRICS: tuple[tuple[str, str, Callable[[dict[str, Any]], float | None]], ...] =
      if "blocktime-ms" in r.get("extra", {}) else None),
     ("paused by the cut", "ms", _extra("paused-ms")),
     ("switch to completed", "ms", _extra("postcopy-ms")),
+    ("vCPU asleep after the switch", "ms", _extra("vcpu-asleep-ms")),
     ("fault latency mean", "us", _extra("fault-mean-us")),
     ("fault latency p99", "us", _extra("fault-p99-us")),
     ("restore", "ms", _extra("restore-ms")),
@@ -370,9 +373,11 @@ def _live_run(pair: _Pair, scenario: Scenario) -> dict[str, Any] | str:
     timeline = Timeline()
     src.cmd("migrate", uri=uri)
     switched: list[float] = []
+    vcpu_at_switch: list[VcpuSample | None] = []
     if postcopy and opts.switch == "now":
         src.cmd("migrate-start-postcopy")
         switched.append(timeline.elapsed())
+        vcpu_at_switch.append(vcpu_time.sample(dst.process.pid))
     step: Step | None = recovery
     if postcopy and opts.switch == "after-first-pass":
         def step(info: dict[str, Any], dinfo: dict[str, Any] | None, t: float) -> None:
@@ -380,6 +385,7 @@ def _live_run(pair: _Pair, scenario: Scenario) -> dict[str, Any] | str:
             if not switched and info.get("ram", {}).get("dirty-sync-count", 0) >= 2:
                 src.cmd("migrate-start-postcopy")
                 switched.append(t)
+                vcpu_at_switch.append(vcpu_time.sample(dst.process.pid))
             if recovery is not None:
                 recovery(info, dinfo, t)
     info = _follow(src, dst if postcopy else None, timeline, opts, kind.label, step)
@@ -404,6 +410,13 @@ def _live_run(pair: _Pair, scenario: Scenario) -> dict[str, Any] | str:
         extra["blocktime-ms"] = float(done.get("postcopy-blocktime", 0))
         if switched:
             extra["postcopy-ms"] = (timeline.samples[-1]["t"] - switched[0]) * 1000
+            # The same measure of waiting on both VMMs (lab/vcpu_time.py),
+            # less the switchover's pause, when the guest was not to run.
+            held = max(pause[1] - switched[0], 0.0) if pause else 0.0
+            asleep = vcpu_time.asleep_ms(vcpu_at_switch[0],
+                                         vcpu_time.sample(dst.process.pid), held)
+            if asleep is not None:
+                extra["vcpu-asleep-ms"] = asleep
         latency = done.get("livemig-fault-latency") or {}
         if latency.get("count"):
             extra["fault-mean-us"] = float(latency["mean-us"])
