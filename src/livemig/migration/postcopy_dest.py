@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import select
 import threading
@@ -94,11 +95,15 @@ class FaultLatency:
 
 class Staging:
     """Where one receiving thread reads a postcopy page run before
-    UFFDIO_COPY places it (a page must arrive whole before a vCPU sees it)."""
+    UFFDIO_COPY places it (a page must arrive whole before a vCPU sees it).
+
+    An anonymous mapping, not a bytearray: it is made at the switch, inside
+    the guest's pause, and a bytearray of 4 MiB is cleared byte by byte
+    when made (2.7 ms measured); a mapping's pages come when first used."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray(POSTCOPY_MAX_RUN * PAGE_SIZE)
-        # Safe: the bytearray is never resized and lives as long as self.
+        self._buffer = mmap.mmap(-1, POSTCOPY_MAX_RUN * PAGE_SIZE)
+        # Safe: the mapping is never resized or closed while self lives.
         self.address = ctypes.addressof(
             (ctypes.c_char * len(self._buffer)).from_buffer(self._buffer))
         self.view = memoryview(self._buffer)
