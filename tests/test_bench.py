@@ -201,3 +201,17 @@ def test_the_ram_check_fails_a_wrong_destination(tmp_path: Path) -> None:
     pair.ram_bytes = 1 << 20
     with pytest.raises(LabError, match="the destination's RAM is wrong at 0x0, 0x80000"):
         pair.check(_WrongRam())  # type: ignore[arg-type]
+
+
+def test_a_run_that_never_switched_is_told_apart() -> None:
+    """A postcopy run that completed by precopy first must not count as
+    a postcopy with a block time of 0 (QEMU at a high max-bandwidth)."""
+    from livemig.lab.bench import entered_postcopy
+
+    precopy_only = [{"t": 0.0, "status": "active"}, {"t": 0.1, "status": "completed"}]
+    assert not entered_postcopy(precopy_only, {"ram": {"postcopy-bytes": 0}})
+    switched = [*precopy_only[:1], {"t": 0.05, "status": "postcopy-active"},
+                {"t": 0.1, "status": "completed"}]
+    assert entered_postcopy(switched, {"ram": {}})
+    # A postcopy too short for the poller still shows in the bytes it sent.
+    assert entered_postcopy(precopy_only, {"ram": {"postcopy-bytes": 4096}})

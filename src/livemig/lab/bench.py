@@ -342,6 +342,13 @@ class _Recovery:
         return (self.back_at - self.cut_at) * 1000
 
 
+def entered_postcopy(samples: list[dict[str, Any]], final: dict[str, Any]) -> bool:
+    """Whether a run's source ever was in postcopy: a sampled status says
+    so, or (a postcopy shorter than one poll) it sent bytes in postcopy."""
+    return (any(str(s.get("status", "")).startswith("postcopy") for s in samples)
+            or final.get("ram", {}).get("postcopy-bytes", 0) > 0)
+
+
 def _live_run(pair: _Pair, scenario: Scenario) -> dict[str, Any] | str:
     kind, opts = pair.kind, pair.opts
     postcopy = scenario.flow in ("postcopy", "recovery")
@@ -404,9 +411,7 @@ def _live_run(pair: _Pair, scenario: Scenario) -> dict[str, Any] | str:
         relay.close()
     if recovery is not None:
         recovery.link.close()
-    entered = (any(str(s.get("status", "")).startswith("postcopy") for s in timeline.samples)
-               or info.get("ram", {}).get("postcopy-bytes", 0) > 0)
-    if postcopy and not entered:
+    if postcopy and not entered_postcopy(timeline.samples, info):
         # It completed by precopy before the switch (a quick VMM at a high
         # max-bandwidth): no postcopy figure, rather than a block time of 0.
         extra["completed-before-switch"] = 1.0
