@@ -169,7 +169,7 @@ class GuestRam:
 
     def huge_pages(self, allowed: bool) -> None:
         """Allow transparent huge pages from now on, or not (a postcopy
-        destination: see migration/incoming.py). Pages already huge stay
+        destination, from the switch: migration/postcopy_dest.py). Pages already huge stay
         so until split. Only anonymous RAM that asked for them is touched."""
         if self.huge:
             _libc.madvise(self.address, self.size,
@@ -210,12 +210,11 @@ class GuestRam:
 
         from .page_runs import runs
 
-        first = address // PAGE_SIZE
-        count = -(-length // PAGE_SIZE)
         if address % PAGE_SIZE or length % PAGE_SIZE:
             # Safe: check_range proved [address, +length) lies inside the mapping.
             ctypes.memset(self.address + address, 0, length)
             return
+        first, count = address // PAGE_SIZE, length // PAGE_SIZE
         pages = self.array[address:address + length].view(np.uint64).reshape(count, -1)
         written = np.bitwise_or.reduce(pages, axis=1) != 0
         for start, n in zip(*runs(written), strict=True):

@@ -26,6 +26,7 @@ measurements); it is also off wherever vmsplice or the pipe cannot be had.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import functools
 import os
@@ -101,8 +102,10 @@ class PageSplicer:
                 raise OSError(code, f"vmsplice: {os.strerror(code)}")
             left = queued
             while left:
-                # Ends early only on the socket's side (an error is raised).
-                left -= os.splice(self._r, self._sock_fd, left)
+                moved = os.splice(self._r, self._sock_fd, left)
+                if not moved:  # never for a socket that is still open; no endless loop
+                    raise OSError(errno.EPIPE, "splice into the socket moved nothing")
+                left -= moved
             done += queued
         return done
 
