@@ -319,11 +319,11 @@ class IncomingMigration:
 
     def _start_preempt(self) -> None:
         """After switchover or recovery: read the preempt channel's pages."""
-        from .preempt import PreemptReceiver
-
         channel, self._preempt_channel = self._preempt_channel, None
         if channel is None:
             return
+        from .preempt import PreemptReceiver  # only here (its import takes ~1 ms)
+
         assert self.postcopy is not None
         main = self._channel
 

@@ -44,9 +44,9 @@ def _import_job_modules() -> None:
     """The warm-up thread's body: never dies silently, never fails a job
     (a migrate imports what it needs itself, and would meet the error)."""
     try:
-        # postcopy_dest too: otherwise a destination imports it at the
-        # switch, inside the guest's pause (~5 ms measured).
-        from . import incoming, outgoing, postcopy_dest  # noqa: F401  (importing is the point)
+        # postcopy_dest and preempt too: otherwise a destination imports
+        # them at the switch, inside the guest's pause (~5 ms measured).
+        from . import incoming, outgoing, postcopy_dest, preempt  # noqa: F401  (the point)
     except Exception:
         log.warning("importing the migration job modules ahead of time failed",
                     exc_info=True)
