@@ -150,3 +150,32 @@ def test_every_prediction_is_sane(rate: float, wss: float, bw: float, limit: flo
         assert pred.total_s >= pred.downtime_s
     else:
         assert pred.why
+
+
+def test_tail_share_follows_the_content_profile() -> None:
+    g = guest(0)
+    assert g.tail_share(g.ram / 4) == pytest.approx(0.25)   # no profile: spread evenly
+    at_start = replace(g, profile=(1.0, 1.0) + (0.0,) * 14)
+    assert at_start.tail_share(g.ram / 2) == 0.0
+    assert at_start.tail_share(g.ram * 15 / 16) == pytest.approx(0.5)
+    assert at_start.tail_share(g.ram) == 1.0
+    at_end = replace(g, profile=(0.0,) * 15 + (1.0,))
+    assert at_end.tail_share(g.ram / 16) == pytest.approx(1.0)
+    assert at_end.tail_share(g.ram / 32) == pytest.approx(0.5)
+
+
+def test_qemu_rules_a_set_rewritten_within_a_large_limit_converges() -> None:
+    """QEMU 7.2 with a 2 s downtime-limit on a 20 MB/s link (a 40 MB
+    threshold), a guest rewriting its 32 MiB set at 40 MiB/s, the set at the
+    start of RAM: measured, it completes at its second sync, the first pass
+    having sent the whole set. The pages the guest rewrites are the pending
+    ones, not more of them (a model that added them up said it never
+    converges), and the scan leaves only zero pages behind at its first sync."""
+    g = replace(guest(40), profile=(1.0,) * 32 + (0.0,) * 128)  # 32 of 160 MiB, first
+    limit = replace(LINK, downtime_limit_ms=2000)
+    pred = model.precopy(g, limit, QEMU)
+    assert pred.converges and pred.passes == 2
+    whole_set = 32 * MiB / LINK.bandwidth
+    assert whole_set < pred.total_s < whole_set + 0.5
+    assert pred.downtime_s == pytest.approx(QEMU.switchover_s + 32 * MiB / QEMU.full_speed,
+                                            rel=0.3)

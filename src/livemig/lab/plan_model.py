@@ -36,6 +36,9 @@ from dataclasses import dataclass, field, replace
 
 PAGE = 4096
 MAX_PASSES = 10_000
+# A window long enough that a dirty curve has reached its working set, if
+# it has one (calc-dirty-rate measures 1 s and 3 s windows).
+WORKING_SET_WINDOW_S = 600.0
 THROTTLE_PERIOD_S = 1.0  # QEMU compares dirtied against sent over periods of a second
 
 
@@ -124,6 +127,26 @@ class Guest:
     nonzero: float                       # bytes of RAM that are not zero now
     dirty: DirtyCurve
     growth: float = 0.0                  # bytes/s of zero RAM the guest writes for the first time
+    # Where the content is: the share of non-zero pages in each of equal
+    # slices of RAM, in address order (empty: spread evenly).
+    profile: tuple[float, ...] = ()
+
+    def tail_share(self, nbytes: float) -> float:
+        """The share of the content that lies in the last ``nbytes`` of RAM
+        (what a scan in address order reaches last)."""
+        if nbytes <= 0:
+            return 0.0
+        if nbytes >= self.ram:
+            return 1.0
+        total = sum(self.profile)
+        if not self.profile or total <= 0:
+            return nbytes / self.ram
+        slices = nbytes / self.ram * len(self.profile)
+        whole = int(slices)
+        tail = sum(self.profile[len(self.profile) - whole:]) if whole else 0.0
+        if whole < len(self.profile):
+            tail += self.profile[len(self.profile) - whole - 1] * (slices - whole)
+        return min(1.0, tail / total)
 
 
 def first_pass_bytes(guest: Guest, bw: float, setup_s: float, head_start: float = 0.0) -> float:
@@ -274,6 +297,16 @@ def precopy(guest: Guest, settings: Settings, costs: VmmCosts, policy: str = "qe
     return pred
 
 
+def _overlap(pending: float, dirtied: float, guest: Guest) -> float:
+    """Of ``dirtied`` bytes the guest wrote since the last sync, those
+    already among the ``pending`` ones (dirty, not yet sent): a guest that
+    rewrites one working set hits a pending page as often as the pending
+    pages' share of that set. The set's size is what the dirty curve levels
+    off at (the RAM for a curve that does not level off)."""
+    working_set = max(guest.dirty(WORKING_SET_WINDOW_S), pending, 1.0)
+    return pending * min(1.0, dirtied / working_set)
+
+
 def _precopy_slotted(guest: Guest, settings: Settings, costs: VmmCosts) -> Prediction:
     """QEMU 7.2's loop. Every page still marked counts as pending, zero
     pages too (its bitmap starts all set), and once a rate-limit slot it
@@ -293,22 +326,22 @@ def _precopy_slotted(guest: Guest, settings: Settings, costs: VmmCosts) -> Predi
     throttle = _Throttle(settings)
     t = last_sync = costs.setup_s
     # The first pass: content goes at the link's rate, zero pages at the scan
-    # rate, and what the scan leaves (the last `under` bytes of pages) has
-    # the RAM's share of content.
+    # rate, and what the scan leaves (the last `under` bytes of pages) holds
+    # the content measured there (the RAM's share if where it lies is not known).
     content = first_pass_bytes(guest, bw, costs.setup_s, head_start=bw * slot)
-    share = content / guest.ram
     scanned = max(0.0, guest.ram - under)
-    step = scanned * share
-    seconds = max(0.0, step - bw * slot) / bw + (scanned - step) / costs.zero_scan
     pending = guest.ram - scanned                # bytes of pages still marked
-    pending_content = pending * share            # … of which content
+    pending_content = content * guest.tail_share(pending)   # … of which content
+    step = content - pending_content
+    seconds = max(0.0, step - bw * slot) / bw + (scanned - step) / costs.zero_scan
     stuck = 0
     for n in range(1, MAX_PASSES + 1):
         t += seconds
         dirtied = guest.dirty((t - last_sync) * (100 - throttle.percent) / 100)
         last_sync = t
-        pending = min(pending + dirtied, float(guest.ram))
-        pending_content = min(pending_content + dirtied, pending)
+        fresh = dirtied - _overlap(pending_content, dirtied, guest)
+        pending = min(pending + fresh, float(guest.ram))
+        pending_content = min(pending_content + fresh, pending)
         p = Pass(seconds, step, dirtied, throttle.percent)
         pred.history.append(p)
         pred.passes, pred.sent = n, pred.sent + step
@@ -325,12 +358,15 @@ def _precopy_slotted(guest: Guest, settings: Settings, costs: VmmCosts) -> Predi
         stuck = stuck + 1 if dirtied >= p.sent * 0.999 and not throttle.can_rise else 0
         if stuck >= 3 or t > settings.horizon_s:
             break
-        # Send until under the threshold again: by now pending is mostly
-        # pages the guest dirtied, content all.
+        # Send until under the threshold again, on from where the scan is:
+        # the zero pages still marked at the first pass's end first (at
+        # the scan rate), then the pages the guest dirtied (at the link's).
         step = max(0.0, pending - under)
-        seconds = step / bw if step else slot
-        pending_content = max(0.0, pending_content - step)
+        zeros = min(step, pending - pending_content)
+        seconds = (step - zeros) / bw + zeros / costs.zero_scan if step else slot
+        pending_content = max(0.0, pending_content - (step - zeros))
         pending -= step
+        step -= zeros
     pred.total_s = t
     pred.why = (f"~{pending / (1 << 20):.1f} MiB stay dirty: at {bw / 1e6:.1f} MB/s that is "
                 f"{pending / bw * 1000:.0f} ms, above the downtime-limit of "

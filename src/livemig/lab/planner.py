@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Console
 from rich.table import Table
@@ -36,9 +36,9 @@ Cmd = Callable[..., Any]
 # page, the rate of an unthrottled copy, the zero-page scan rate, a postcopy
 # fault's wait (docs/benchmarks.md) and QEMU's rate-limit slot. kvm uses the
 # tcg figures: what they measure is the VMM's work, not the guest's.
-_LIVEMIG = model.VmmCosts("livemig", switchover_s=0.001, setup_s=0.008, full_speed=2.2e9,
-                          zero_scan=2e9, fault_s=0.0008)
-_QEMU = model.VmmCosts("QEMU 7.2", switchover_s=0.004, setup_s=0.01, full_speed=0.9e9,
+_LIVEMIG = model.VmmCosts("livemig", switchover_s=0.0015, setup_s=0.008, full_speed=6e9,
+                          zero_scan=2e9, fault_s=0.0012)
+_QEMU = model.VmmCosts("QEMU 7.2", switchover_s=0.003, setup_s=0.01, full_speed=4e9,
                        zero_scan=4e9, fault_s=0.0002, check_slot_s=0.1)
 COSTS: dict[tuple[str, str], model.VmmCosts] = {
     ("livemig", "tcg"): _LIVEMIG, ("livemig", "kvm"): _LIVEMIG,
@@ -67,10 +67,15 @@ class Measured:
     link: float | None       # bytes/s measured by --probe, or given
     notes: list[str] = field(default_factory=list)
     growth: float = 0.0      # bytes/s of zero RAM written for the first time
+    profile: tuple[float, ...] = ()   # share of non-zero pages per sampled slice
 
     def guest(self) -> model.Guest:
+        # The samples cover RAM below LOW_RAM_END only: above it, where the
+        # content lies is not known, and the model spreads it evenly.
+        profile = self.profile if self.ram <= LOW_RAM_END else ()
         return model.Guest(self.ram, self.nonzero,
-                           model.DirtyCurve(tuple(self.windows), self.ram), self.growth)
+                           model.DirtyCurve(tuple(self.windows), self.ram), self.growth,
+                           profile)
 
     def as_json(self) -> dict[str, Any]:
         return {"vmm": self.vmm, "accel": self.accel, "ram": self.ram,
@@ -78,7 +83,7 @@ class Measured:
                 "sampled-content": self.sampled_content,
                 "dirty-windows": [{"seconds": t, "bytes": int(b)} for t, b in self.windows],
                 "parameters": self.params, "capabilities": self.caps, "link": self.link,
-                "notes": self.notes}
+                "notes": self.notes, "content-profile": [round(x, 4) for x in self.profile]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Measured:
@@ -88,7 +93,8 @@ class Measured:
                    bool(data["sampled-content"]),
                    [(float(w["seconds"]), float(w["bytes"])) for w in data["dirty-windows"]],
                    dict(data["parameters"]), dict(data["capabilities"]), data.get("link"),
-                   list(data.get("notes", [])), float(data.get("nonzero-growth", 0)))
+                   list(data.get("notes", [])), float(data.get("nonzero-growth", 0)),
+                   tuple(float(x) for x in data.get("content-profile", ())))
 
 
 def _calc_dirty(cmd: Cmd, seconds: int, mode: str, timeout: float) -> float:
@@ -111,9 +117,15 @@ def _calc_dirty(cmd: Cmd, seconds: int, mode: str, timeout: float) -> float:
         time.sleep(0.05)
 
 
-def _nonzero(cmd: Cmd, ram: int) -> float | None:
-    """Bytes of RAM not zero, from CONTENT_CHUNKS pmemsave samples spread
-    evenly (one in each equal slice); None if pmemsave can't write here."""
+class Content(NamedTuple):
+    nonzero: float                 # bytes of RAM not zero
+    profile: tuple[float, ...]     # the share of non-zero pages in each slice
+
+
+def _nonzero(cmd: Cmd, ram: int) -> Content | None:
+    """Bytes of RAM not zero, and where, from CONTENT_CHUNKS pmemsave
+    samples spread evenly (one in each equal slice); None if pmemsave can't
+    write here."""
     import numpy as np
 
     end = min(ram, LOW_RAM_END)
@@ -122,6 +134,7 @@ def _nonzero(cmd: Cmd, ram: int) -> float | None:
     try:
         slice_size = end // CONTENT_CHUNKS
         nonzero = total = 0
+        profile = []
         for i in range(CONTENT_CHUNKS):
             start = i * slice_size + (slice_size - CONTENT_CHUNK) // 2
             start -= start % model.PAGE
@@ -133,9 +146,11 @@ def _nonzero(cmd: Cmd, ram: int) -> float | None:
                 return None
             path.unlink()
             pages = np.frombuffer(data, dtype=np.uint64).reshape(-1, model.PAGE // 8)
-            nonzero += int(pages.any(axis=1).sum())
+            here = int(pages.any(axis=1).sum())
+            profile.append(here / len(pages))
+            nonzero += here
             total += len(pages)
-        return ram * nonzero / total
+        return Content(ram * nonzero / total, tuple(profile))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -175,16 +190,17 @@ def measure(cmd: Cmd, link: float | None = None, sample_content: bool = True,
         notes.append("zero pages not sampled (pmemsave did not write here): every page "
                      "counts as not zero, so the first pass is an upper bound")
         return Measured(vmm, accel, ram, ram, False, points, params, caps, link, notes)
-    (t0, n0), (t1, n1) = first, second
-    growth = max(0.0, (n1 - n0) / (t1 - t0))
-    return Measured(vmm, accel, ram, n1, True, points, params, caps, link, notes, growth)
+    (t0, c0), (t1, c1) = first, second
+    growth = max(0.0, (c1.nonzero - c0.nonzero) / (t1 - t0))
+    return Measured(vmm, accel, ram, c1.nonzero, True, points, params, caps, link, notes,
+                    growth, c1.profile)
 
 
-def _timed_nonzero(cmd: Cmd, ram: int) -> tuple[float, float] | None:
-    """(when, bytes not zero): the sample and the middle of its time."""
+def _timed_nonzero(cmd: Cmd, ram: int) -> tuple[float, Content] | None:
+    """(when, what is not zero): the sample and the middle of its time."""
     start = time.monotonic()
-    nonzero = _nonzero(cmd, ram)
-    return None if nonzero is None else ((start + time.monotonic()) / 2, nonzero)
+    content = _nonzero(cmd, ram)
+    return None if content is None else ((start + time.monotonic()) / 2, content)
 
 
 def settings_of(m: Measured, bandwidth: float | None = None,
