@@ -20,6 +20,10 @@ runs too. Passes are live passes, as the planner counts them:
 dirty-sync-count less the syncs that do not end one (at the start, and with
 the guest stopped at completion; the same on both VMMs).
 
+With ``--downtime 2000`` the whole working set is left for the stop at the
+faster rates, so downtimes are tens of milliseconds rather than a few: the
+setting where a downtime error of ±25% can be told from noise.
+
 ``--replay FILE`` predicts a saved run's measurements again with today's
 model and prints the same table without starting a VM: how the model was
 calibrated (docs/planner.md).
