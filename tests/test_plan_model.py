@@ -134,12 +134,16 @@ def test_the_advised_limits_are_tight(costs: model.VmmCosts) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(rate=st.floats(0, 500), wss=st.floats(1, 150), bw=st.floats(1e6, 2e9),
-       limit=st.floats(1, 5000), ac=st.booleans(), qemu=st.booleans())
+       limit=st.floats(1, 5000), ac=st.booleans(), qemu=st.booleans(),
+       profile=st.lists(st.floats(0, 1), max_size=64))
 def test_every_prediction_is_sane(rate: float, wss: float, bw: float, limit: float,
-                                  ac: bool, qemu: bool) -> None:
-    """Whatever the guest and link: a verdict within the horizon, no negative
-    figure, a converged run that sent at least the RAM that is not zero."""
-    g = guest(rate, wss)
+                                  ac: bool, qemu: bool, profile: list[float]) -> None:
+    """Whatever the guest, where its content lies, and the link: a verdict
+    within the horizon, no negative figure, a converged run that sent at
+    least the RAM that is not zero."""
+    g = replace(guest(rate, wss), profile=tuple(profile))
+    for part in (0.0, g.ram / 3, g.ram):
+        assert 0.0 <= g.tail_share(part) <= 1.0
     s = model.Settings(bandwidth=bw, downtime_limit_ms=limit, auto_converge=ac,
                        horizon_s=60)
     pred = model.precopy(g, s, QEMU if qemu else LIVEMIG)
