@@ -36,11 +36,16 @@ def migration_status(vm: Vm) -> str:
 
 
 def wait_for_status(vm: Vm, goal: str, timeout: float = 120.0) -> dict:  # type: ignore[type-arg]
-    """Poll query-migrate until ``goal``; 'failed' on the way is a test failure."""
+    """Poll query-migrate until ``goal``; 'failed' on the way, or another
+    end ('completed', 'cancelled') that can never become ``goal``, is a
+    test failure at once, with the migration's last answer."""
     def reached() -> dict | None:  # type: ignore[type-arg]
         info = vm.cmd("query-migrate")
-        assert info.get("status") != "failed", f"{vm.name}: migration failed: {info}"
-        return info if info.get("status") == goal else None
+        status = info.get("status")
+        assert status != "failed", f"{vm.name}: migration failed: {info}"
+        assert status == goal or status not in ("completed", "cancelled"), (
+            f"{vm.name}: migration ended {status} while waiting for {goal}: {info}")
+        return info if status == goal else None
     return wait_until(reached, timeout, f"{vm.name} migration status {goal}", interval=0.005)
 
 

@@ -59,8 +59,9 @@ def test_source_pauses_on_bad_return_path(lab: VmLauncher, message: bytes,
     conn, _ = server.accept()
     with server, conn:
         drain(conn)
-        wait_until(lambda: src.cmd("query-migrate").get("ram", {}).get("dirty-sync-count", 0)
-                   >= 2, 60, "the first pass")
+        # At once, not after the first pass: with a destination that drains
+        # at memory speed, a guest starved of CPU on a loaded machine can let
+        # precopy converge first, and there is then no postcopy to pause.
         src.cmd("migrate-start-postcopy")
         wait_for_status(src, "postcopy-active", timeout=30)
         conn.sendall(message)
