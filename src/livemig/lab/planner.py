@@ -118,6 +118,8 @@ def _calc_dirty(cmd: Cmd, seconds: int, mode: str, timeout: float) -> float:
 
 
 class Content(NamedTuple):
+    """What the pmemsave samples found: how much, and where."""
+
     nonzero: float                 # bytes of RAM not zero
     profile: tuple[float, ...]     # the share of non-zero pages in each slice
 
