@@ -42,7 +42,6 @@ from .certs import x509_dirs
 from .checks import check_ab_ram, check_dirty_ram
 from .link import Link
 from .timeline import Timeline, run_record, write_results
-from .vcpu_time import VcpuSample
 from .vmm import (
     LIVEMIG_BINARY,
     QEMU_BINARY,
@@ -380,7 +379,7 @@ def _live_run(pair: _Pair, scenario: Scenario) -> dict[str, Any] | str:
     timeline = Timeline()
     src.cmd("migrate", uri=uri)
     switched: list[float] = []
-    vcpu_at_switch: list[VcpuSample | None] = []
+    vcpu_at_switch: list[vcpu_time.VcpuSample | None] = []
     if postcopy and opts.switch == "now":
         src.cmd("migrate-start-postcopy")
         switched.append(timeline.elapsed())

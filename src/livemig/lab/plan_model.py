@@ -361,12 +361,12 @@ def _precopy_slotted(guest: Guest, settings: Settings, costs: VmmCosts) -> Predi
         # Send until under the threshold again, on from where the scan is:
         # the zero pages still marked at the first pass's end first (at
         # the scan rate), then the pages the guest dirtied (at the link's).
-        step = max(0.0, pending - under)
-        zeros = min(step, pending - pending_content)
-        seconds = (step - zeros) / bw + zeros / costs.zero_scan if step else slot
-        pending_content = max(0.0, pending_content - (step - zeros))
-        pending -= step
-        step -= zeros
+        scan = max(0.0, pending - under)             # marked pages it goes over
+        zeros = min(scan, pending - pending_content)
+        step = scan - zeros                          # … of which content, sent
+        seconds = step / bw + zeros / costs.zero_scan if scan else slot
+        pending_content = max(0.0, pending_content - step)
+        pending -= scan
     pred.total_s = t
     pred.why = (f"~{pending / (1 << 20):.1f} MiB stay dirty: at {bw / 1e6:.1f} MB/s that is "
                 f"{pending / bw * 1000:.0f} ms, above the downtime-limit of "
